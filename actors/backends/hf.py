@@ -1,0 +1,62 @@
+"""transformers backend: batched generation with left padding; greedy or sampled; raw-model logprobs."""
+from __future__ import annotations
+
+import time
+
+from actors.backends.base import Backend, Completion, SamplingParams, Usage, register_backend
+
+
+@register_backend("hf")
+class HFBackend(Backend):
+    def __init__(self, model_id: str, spec: dict):
+        super().__init__(model_id, spec)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        path = spec["path"]
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        self.model.eval()
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
+        torch = self.torch
+        start = time.perf_counter()
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        sample = not params.greedy
+        with torch.inference_mode():
+            out = self.model.generate(
+                **enc, max_new_tokens=params.max_new_tokens, do_sample=sample,
+                temperature=params.temperature if sample else None,
+                top_p=params.top_p if sample else None, top_k=None,
+                output_logits=True, return_dict_in_generate=True,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+            )
+        new = out.sequences[:, enc.input_ids.shape[1]:]
+        # temperature-1 logprobs of the chosen tokens, from the raw logits
+        logps = torch.stack(out.logits, dim=1).float().log_softmax(-1)
+        chosen = logps.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        latency = time.perf_counter() - start
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        results = []
+        for i, prompt_mask in enumerate(enc.attention_mask):
+            ids = new[i].tolist()
+            finish = "length"
+            if eos in ids:
+                ids = ids[: ids.index(eos) + 1]
+                finish = "stop"
+            elif pad != eos:
+                ids = [t for t in ids if t != pad]
+            n = len(ids)
+            results.append(Completion(
+                text=self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                token_ids=ids, token_logprobs=chosen[i, :n].tolist(),
+                usage=Usage(prompt_tokens=int(prompt_mask.sum()), completion_tokens=n),
+                latency_s=latency, model_id=self.model_id, finish_reason=finish,
+            ))
+        return results

@@ -1,0 +1,173 @@
+"""openai backend: any OpenAI-compatible `/v1/completions` endpoint (vLLM, `pipelines.serve pool`, a
+hosted API), through the official `openai` client.
+
+spec keys (PoolModelConfig): `url` (base URL, e.g. http://127.0.0.1:8000/v1), `remote_model` (the
+model name at that endpoint; default: the pool model id), `api_key_env` (name of the environment
+variable holding the key; "EMPTY" when unset, as local servers expect), `timeout_s`, `max_retries`.
+Optional spec keys (not in PoolModelConfig): `max_concurrency` (parallel requests, default 32) and
+`return_token_ids` (default true, see below).
+
+Retries are the openai client's own: a failed attempt is retried on 408/409/429/5xx, on timeouts and on
+connection errors, at most `max_retries` times, after a jittered exponential backoff (0.5 s doubling,
+capped at 8 s, minus up to 25 % jitter) or after the server's `Retry-After`/`retry-after-ms` when it
+sends one (up to 2 minutes). `timeout_s` bounds each attempt, not the whole call. Other 4xx errors are
+not retried. When the last attempt fails, `EndpointError` names the endpoint, the remote model and the
+cause.
+
+Each prompt is its own request, issued concurrently from a thread pool, so every `Completion` carries
+the exact usage the server reported for it. Sampling: greedy is `temperature=0`; `seed` is passed when
+set. Log-probs are requested (`logprobs=1`) and the chosen tokens' log-probs returned. Token ids are
+returned when the server supports vLLM's `return_tokens_as_token_ids` extension (sent in the request
+body; tokens come back as "token_id:123"); otherwise `token_ids` is empty. A server that rejects the
+extension with a 400 naming it is asked again without it, and the backend stops sending it.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from actors.backends.base import Backend, Completion, SamplingParams, Usage, register_backend
+
+TOKEN_ID_EXTENSION = "return_tokens_as_token_ids"
+_TOKEN_ID_PREFIX = "token_id:"
+_RETRYABLE_STATUS = {408, 409, 429}
+
+
+class EndpointError(RuntimeError):
+    """A request to an OpenAI-compatible endpoint failed for good (after the client's retries)."""
+
+
+def parse_token_ids(tokens: list[str] | None) -> list[int]:
+    """Token ids from vLLM-style "token_id:123" tokens; [] unless every token has that form."""
+    if not tokens:
+        return []
+    ids = []
+    for t in tokens:
+        if not isinstance(t, str) or not t.startswith(_TOKEN_ID_PREFIX):
+            return []
+        try:
+            ids.append(int(t[len(_TOKEN_ID_PREFIX):]))
+        except ValueError:
+            return []
+    return ids
+
+
+@register_backend("openai")
+class OpenAIBackend(Backend):
+    def __init__(self, model_id: str, spec: dict[str, Any]):
+        super().__init__(model_id, spec)
+        from openai import OpenAI
+
+        self.url = spec.get("url")
+        if not self.url:
+            raise ValueError(f"openai backend for {model_id!r}: spec needs url")
+        self.remote_model = spec.get("remote_model") or model_id
+        key_env = spec.get("api_key_env")
+        self.api_key = (os.environ.get(key_env) if key_env else None) or "EMPTY"
+        self.timeout_s = float(spec.get("timeout_s") or 30.0)
+        self.max_retries = int(spec.get("max_retries") if spec.get("max_retries") is not None else 3)
+        self.max_concurrency = int(spec.get("max_concurrency") or 32)
+        self.send_token_ids = bool(spec.get("return_token_ids", True))
+        self.client = OpenAI(
+            base_url=self.url, api_key=self.api_key, timeout=self.timeout_s, max_retries=self.max_retries,
+        )
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        return f"{self.url.rstrip('/')}/completions"
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self.max_concurrency, thread_name_prefix=f"openai-{self.model_id}")
+            return self._executor
+
+    def _request(self, prompt: str, params: SamplingParams) -> dict[str, Any]:
+        greedy = params.greedy
+        req: dict[str, Any] = {
+            "model": self.remote_model, "prompt": prompt, "max_tokens": params.max_new_tokens,
+            "temperature": 0.0 if greedy else params.temperature, "top_p": 1.0 if greedy else params.top_p,
+            "logprobs": 1, "n": 1,
+        }
+        if params.seed is not None:
+            req["seed"] = params.seed
+        if self.send_token_ids:
+            req["extra_body"] = {TOKEN_ID_EXTENSION: True}
+        return req
+
+    def _fail(self, err: Exception) -> EndpointError:
+        import openai
+
+        where = f"openai backend {self.model_id!r}: POST {self.endpoint} (model {self.remote_model!r})"
+        attempts = f"gave up after {self.max_retries + 1} attempt(s) (max_retries={self.max_retries})"
+        if isinstance(err, openai.APITimeoutError):
+            why = f"{attempts}; last attempt timed out after {self.timeout_s:g}s"
+        elif isinstance(err, openai.APIConnectionError):
+            cause = err.__cause__ or err
+            why = f"{attempts}; last error: cannot connect: {type(cause).__name__}: {cause}"
+        elif isinstance(err, openai.APIStatusError):
+            status = err.status_code
+            if status in _RETRYABLE_STATUS or status >= 500:
+                why = f"{attempts}; last error: HTTP {status}: {err.message}"
+            else:
+                why = f"HTTP {status} (not retried): {err.message}"
+        else:
+            why = f"{type(err).__name__}: {err}"
+        return EndpointError(f"{where} failed: {why}")
+
+    def _one(self, prompt: str, params: SamplingParams) -> Completion:
+        import openai
+
+        start = time.perf_counter()
+        req = self._request(prompt, params)
+        try:
+            resp = self.client.completions.create(**req)
+        except openai.BadRequestError as err:
+            if "extra_body" in req and TOKEN_ID_EXTENSION in str(err.message):
+                self.send_token_ids = False  # this server does not know the extension: stop sending it
+                return self._one(prompt, params)
+            raise self._fail(err) from err
+        except openai.OpenAIError as err:
+            raise self._fail(err) from err
+        latency = time.perf_counter() - start
+        if not resp.choices:
+            raise EndpointError(f"openai backend {self.model_id!r}: POST {self.endpoint} returned no choices")
+        choice = resp.choices[0]
+        lp = choice.logprobs
+        tokens = (lp.tokens if lp else None) or []
+        logprobs = [float("nan") if x is None else float(x) for x in ((lp.token_logprobs if lp else None) or [])]
+        ids = parse_token_ids(tokens)
+        if resp.usage is not None:
+            usage = Usage(prompt_tokens=resp.usage.prompt_tokens, completion_tokens=resp.usage.completion_tokens)
+        else:  # a server without usage: count what came back
+            usage = Usage(prompt_tokens=0, completion_tokens=len(tokens))
+        return Completion(
+            text=(choice.text or "").strip(), token_ids=ids, token_logprobs=logprobs, usage=usage,
+            latency_s=latency, model_id=self.model_id, finish_reason=choice.finish_reason or "stop",
+        )
+
+    # -- Backend ---------------------------------------------------------------------------------------
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
+        if len(prompts) <= 1:
+            return [self._one(p, params) for p in prompts]
+        futures: list[Future] = [self._pool().submit(self._one, p, params) for p in prompts]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+        self.client.close()

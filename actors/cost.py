@@ -1,0 +1,102 @@
+"""What a call costs, in USD.
+
+API models are priced per 1M prompt/completion tokens, from LiteLLM's maintained price table (the copy
+that tokencost bundles) via `price.ref`, or from a declared price in config. Self-hosted models are
+priced by a declared per-token price or by GPU time (latency x GPUs x $/GPU-hour). The tiny zoo is
+priced on the paper pool's ladder (declared prices of the paper model each rung stands for), so tiny
+results read in paper dollars.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from actors.backends.base import Usage
+from pipelines.config import PriceConfig
+
+
+@lru_cache(maxsize=1)
+def _price_table() -> dict:
+    from tokencost import TOKEN_COSTS
+
+    return TOKEN_COSTS
+
+
+def table_price_per_m(ref: str) -> tuple[float, float]:
+    """(input, output) USD per 1M tokens of `ref` in the LiteLLM price table."""
+    entry = _price_table().get(ref)
+    if entry is None or "input_cost_per_token" not in entry or "output_cost_per_token" not in entry:
+        raise KeyError(f"price.ref {ref!r}: no per-token price for this model in the LiteLLM price table")
+    return entry["input_cost_per_token"] * 1e6, entry["output_cost_per_token"] * 1e6
+
+
+@dataclass(frozen=True)
+class Rate:
+    input_per_m: float = 0.0
+    output_per_m: float = 0.0
+    gpu_usd_per_s: float = 0.0
+
+    def cost(self, usage: Usage, latency_s: float) -> float:
+        return (
+            usage.prompt_tokens * self.input_per_m / 1e6
+            + usage.completion_tokens * self.output_per_m / 1e6
+            + latency_s * self.gpu_usd_per_s
+        )
+
+
+def rate_for(price: PriceConfig) -> Rate:
+    if price.ref is not None:
+        return Rate(*table_price_per_m(price.ref))
+    if price.gpu_hour_usd is not None:
+        return Rate(gpu_usd_per_s=price.gpu_hour_usd * price.gpus / 3600.0)
+    return Rate(price.input_per_m or 0.0, price.output_per_m or 0.0)
+
+
+class CostModel:
+    """Prices of the pool's models; `cost(model_id, usage, latency_s) -> USD`."""
+
+    def __init__(self, prices: dict[str, PriceConfig]):
+        self.rates = {model_id: rate_for(p) for model_id, p in prices.items()}
+
+    def cost(self, model_id: str, usage: Usage, latency_s: float = 0.0) -> float:
+        if model_id not in self.rates:
+            raise KeyError(f"no price for model {model_id!r}; priced: {sorted(self.rates)}")
+        return self.rates[model_id].cost(usage, latency_s)
+
+    def output_price(self, model_id: str) -> float:
+        """USD per 1M completion tokens: the order of the pool's tiers."""
+        r = self.rates[model_id]
+        return r.output_per_m + r.gpu_usd_per_s * 3600
+
+
+@dataclass
+class LedgerEntry:
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class CostLedger:
+    """Running totals of every priced call, per model."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, LedgerEntry] = {}
+
+    def add(self, model_id: str, usage: Usage, cost_usd: float) -> None:
+        e = self.entries.setdefault(model_id, LedgerEntry())
+        e.calls += 1
+        e.prompt_tokens += usage.prompt_tokens
+        e.completion_tokens += usage.completion_tokens
+        e.cost_usd += cost_usd
+
+    @property
+    def total_usd(self) -> float:
+        return sum(e.cost_usd for e in self.entries.values())
+
+    def snapshot(self) -> dict:
+        return {
+            "models": {m: vars(e).copy() for m, e in self.entries.items()},
+            "total_usd": self.total_usd,
+            "calls": sum(e.calls for e in self.entries.values()),
+        }

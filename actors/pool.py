@@ -1,0 +1,117 @@
+"""`ModelPool`: the pool's registry (model id -> replicas), tiers by price, least-loaded dispatch, and
+the cost ledger. An async Ray actor, so rollout workers, the evaluator and the HTTP endpoint share it."""
+from __future__ import annotations
+
+
+import ray
+
+from actors.backends import Completion, SamplingParams
+from actors.cost import CostLedger, CostModel
+from actors.server import ModelServer
+from pipelines.config import Config, PoolModelConfig
+
+
+def pool_models(cfg: Config) -> list[PoolModelConfig]:
+    """The pool a config describes: the zoo's models (hf backend, zoo prices) plus explicit entries."""
+    models = []
+    if cfg.pool.use_zoo:
+        for m in cfg.zoo.models:
+            path = cfg.zoo_dir / m.name
+            if not (path / "config.json").exists():
+                raise FileNotFoundError(
+                    f"zoo model {m.name!r} not found at {path}: train it with "
+                    f"`python -m pipelines.zoo --config <config>`"
+                )
+            models.append(PoolModelConfig(id=m.name, backend="hf", path=str(path), price=m.price))
+    models.extend(cfg.pool.models)
+    ids = [m.id for m in models]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"pool model ids must be unique, got {ids}")
+    return models
+
+
+class ModelPoolImpl:
+    def __init__(self, models: list[dict], replicas: int = 1, batch_window_ms: float = 5.0,
+                 max_batch: int = 64, num_cpus_per_server: float = 0.25):
+        specs = [PoolModelConfig.model_validate(m) for m in models]
+        self.cost_model = CostModel({s.id: s.price for s in specs})
+        # tiers: cheapest first (by completion-token price, then declaration order)
+        order = sorted(range(len(specs)), key=lambda i: (self.cost_model.output_price(specs[i].id), i))
+        self.specs = {specs[i].id: specs[i] for i in order}
+        self.replicas: dict[str, list] = {}
+        self.inflight: dict[str, list[int]] = {}
+        for s in self.specs.values():
+            n = s.replicas or replicas
+            spec = s.model_dump(exclude={"price"})
+            self.replicas[s.id] = [
+                ModelServer.options(num_cpus=num_cpus_per_server, max_concurrency=1000).remote(
+                    s.id, s.backend, spec, batch_window_ms, max_batch)
+                for _ in range(n)
+            ]
+            self.inflight[s.id] = [0] * n
+        self.ledger = CostLedger()
+
+    async def ready(self) -> list[str]:
+        """Wait until every server has loaded its model; returns the model ids, cheapest first."""
+        for servers in self.replicas.values():
+            for s in servers:
+                await s.queue_length.remote()
+        return self.model_ids()
+
+    def model_ids(self) -> list[str]:
+        return list(self.specs)
+
+    def tiers(self) -> dict[str, int]:
+        return {m: i for i, m in enumerate(self.specs)}
+
+    def describe(self) -> list[dict]:
+        return [
+            {"id": s.id, "tier": i, "backend": s.backend, "replicas": len(self.replicas[s.id]),
+             "input_per_m": self.cost_model.rates[s.id].input_per_m,
+             "output_per_m": self.cost_model.rates[s.id].output_per_m,
+             "paper_model": s.price.paper_model}
+            for i, s in enumerate(self.specs.values())
+        ]
+
+    async def generate(self, model_id: str, prompts: list[str], params: SamplingParams) -> list[Completion]:
+        """Run prompts on `model_id`'s least-loaded replica; each completion carries its cost."""
+        if model_id not in self.replicas:
+            raise KeyError(f"unknown model {model_id!r}; pool: {self.model_ids()}")
+        load = self.inflight[model_id]
+        i = min(range(len(load)), key=load.__getitem__)
+        load[i] += len(prompts)
+        try:
+            outs = await self.replicas[model_id][i].generate.remote(prompts, params)
+        finally:
+            load[i] -= len(prompts)
+        for c in outs:
+            c.cost_usd = self.cost_model.cost(model_id, c.usage, c.latency_s)
+            self.ledger.add(model_id, c.usage, c.cost_usd)
+        return outs
+
+    def ledger_snapshot(self) -> dict:
+        return self.ledger.snapshot()
+
+    def reset_ledger(self) -> None:
+        self.ledger = CostLedger()
+
+    async def server_stats(self) -> dict[str, list[dict]]:
+        return {m: [await s.stats.remote() for s in servers] for m, servers in self.replicas.items()}
+
+
+ModelPool = ray.remote(max_restarts=1, max_task_retries=1)(ModelPoolImpl)
+
+
+def start_pool(cfg: Config, name: str | None = None):
+    """Create the pool actor for `cfg` and wait until its models are loaded; returns the handle."""
+    models = [m.model_dump() for m in pool_models(cfg)]
+    opts = {"num_cpus": 0, "max_concurrency": 1000}
+    if name:
+        opts.update(name=name, get_if_exists=True)
+    pool = ModelPool.options(**opts).remote(
+        models, cfg.pool.replicas, cfg.pool.batch_window_ms, cfg.pool.max_batch, cfg.pool.num_cpus_per_server)
+    ray.get(pool.ready.remote())
+    return pool
+
+
+__all__ = ["ModelPool", "ModelPoolImpl", "pool_models", "start_pool"]

@@ -1,0 +1,76 @@
+"""`ModelServer`: an async Ray actor holding one pool model, micro-batching concurrent requests."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import ray
+
+from actors.backends import Completion, SamplingParams, make_backend
+
+
+@dataclass
+class _Request:
+    prompt: str
+    params: SamplingParams
+    future: asyncio.Future = field(repr=False)
+
+
+class ModelServerImpl:
+    """Requests arriving within `batch_window_ms` of each other (same sampling params) share one batched
+    `generate` call of at most `max_batch` prompts; the backend runs in a thread so the actor keeps
+    accepting requests meanwhile."""
+
+    def __init__(self, model_id: str, backend: str, spec: dict, batch_window_ms: float = 5.0,
+                 max_batch: int = 64):
+        self.model_id = model_id
+        self.backend = make_backend(backend, model_id, spec)
+        self.window_s = batch_window_ms / 1000.0
+        self.max_batch = max_batch
+        self.queue: list[_Request] = []
+        self.batches_run = 0
+        self._wake: asyncio.Event | None = None
+        self._loop_task: asyncio.Task | None = None
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._wake = asyncio.Event()
+            self._loop_task = asyncio.get_running_loop().create_task(self._batch_loop())
+
+    async def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
+        self._ensure_loop()
+        loop = asyncio.get_running_loop()
+        reqs = [_Request(p, params, loop.create_future()) for p in prompts]
+        self.queue.extend(reqs)
+        self._wake.set()
+        return list(await asyncio.gather(*(r.future for r in reqs)))
+
+    async def _batch_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            if self.window_s:
+                await asyncio.sleep(self.window_s)
+            while self.queue:
+                params = self.queue[0].params
+                batch = [r for r in self.queue if r.params == params][: self.max_batch]
+                taken = set(map(id, batch))
+                self.queue = [r for r in self.queue if id(r) not in taken]
+                try:
+                    outs = await asyncio.to_thread(self.backend.generate, [r.prompt for r in batch], params)
+                    for r, out in zip(batch, outs):
+                        r.future.set_result(out)
+                except Exception as err:  # the callers see the failure; the server keeps serving
+                    for r in batch:
+                        if not r.future.done():
+                            r.future.set_exception(err)
+                self.batches_run += 1
+            self._wake.clear()
+
+    def queue_length(self) -> int:
+        return len(self.queue)
+
+    def stats(self) -> dict:
+        return {"model_id": self.model_id, "queue": len(self.queue), "batches_run": self.batches_run}
+
+
+ModelServer = ray.remote(max_restarts=2, max_task_retries=2)(ModelServerImpl)

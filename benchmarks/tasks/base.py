@@ -1,0 +1,69 @@
+"""The task interface: load examples of a split, score a prediction. One file per benchmark."""
+from __future__ import annotations
+
+import abc
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+
+@dataclass
+class Step:
+    """One subtask of a gold decomposition: the prompt a pool model sees and its gold answer."""
+
+    prompt: str
+    answer: str
+
+
+@dataclass
+class Example:
+    id: str
+    task: str
+    query: str  # the whole query, as a pool model would be asked it in one shot
+    answer: str
+    steps: list[Step] = field(default_factory=list)  # gold decomposition, in execution order
+    bucket: str = ""  # a difficulty bucket for reports (e.g. facts: popular/mid/rare)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(abc.ABC):
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def load(self, split: str) -> list[Example]:
+        """Examples of `split` ("train" or "test"), deterministic for a given config."""
+
+    @abc.abstractmethod
+    def score(self, prediction: str, example: Example) -> float:
+        """1.0 for a correct prediction, 0.0 for a wrong one (fractional where the metric is)."""
+
+    def gold_step_prompt(self, example: Example, i: int, earlier: list[str]) -> str:
+        """Step i of the gold decomposition, given the chain's own earlier answers (default: the step's
+        prompt does not depend on them)."""
+        return example.steps[i].prompt
+
+    def final_answer(self, example: Example, step_answers: list[str]) -> str:
+        """The query's answer from its step answers (default: the last step's)."""
+        return step_answers[-1] if step_answers else ""
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(" ".join(prediction.split()) == " ".join(gold.split()))
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    def deco(cls: type[Task]) -> type[Task]:
+        cls.name = name
+        TASKS[name] = cls
+        return cls
+
+    return deco
+
+
+def data_dir() -> Path:
+    """Shared benchmark data: env `R2R_DATA`, else `../shared/data` relative to the working directory."""
+    return Path(os.environ.get("R2R_DATA", "../shared/data"))

@@ -1,0 +1,25 @@
+"""`r2r`: one command for the project's entry points (`r2r zoo ...` = `python -m pipelines.zoo ...`)."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "zoo": ("pipelines.zoo", "train the tiny model zoo and print its card"),
+    "demo": ("pipelines.demo", "the main job on the embedded tiny world"),
+    "serve": ("pipelines.serve", "OpenAI-compatible endpoints (`r2r serve pool`)"),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = [f"  {name:<8}{help_}" for name, (_, help_) in COMMANDS.items()]
+        print("usage: r2r COMMAND [options]\n\ncommands:\n" + "\n".join(lines))
+        raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Typed configuration: YAML in configs/, validated by pydantic, overridden with `--set a.b=value`.
+
+`load_config(path, overrides)` is the only way configs enter the program; an invalid value fails at
+load time with one line naming the field path (`ConfigError: pool.replicas: ...`).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PriceConfig(Strict):
+    """How a pool model is priced. Exactly one of: a declared per-token price (USD per 1M tokens),
+    `ref` = a model name in the bundled LiteLLM price table (tokencost), or GPU time."""
+
+    input_per_m: float | None = Field(None, ge=0)
+    output_per_m: float | None = Field(None, ge=0)
+    ref: str | None = None
+    gpu_hour_usd: float | None = Field(None, ge=0)
+    gpus: float = Field(1.0, gt=0)
+    paper_model: str | None = None  # the paper-scale model whose price this rung borrows
+
+    @model_validator(mode="after")
+    def _one_way(self) -> "PriceConfig":
+        declared = self.input_per_m is not None or self.output_per_m is not None
+        ways = [declared, self.ref is not None, self.gpu_hour_usd is not None]
+        if sum(ways) != 1:
+            raise ValueError("give exactly one of input_per_m/output_per_m, ref, gpu_hour_usd")
+        if declared and (self.input_per_m is None or self.output_per_m is None):
+            raise ValueError("a declared price needs both input_per_m and output_per_m")
+        return self
+
+
+class FactsConfig(Strict):
+    n_entities: int = Field(500, ge=10)
+    n_relations: int = Field(48, ge=2)
+    zipf: float = Field(0.6, ge=0)
+    hops: int = Field(2, ge=2)
+    n_train_chains: int = Field(4000, ge=1)
+    n_test_chains: int = Field(1000, ge=1)
+    eval_facts_per_bucket: int = Field(400, ge=1)
+    popular_fraction: float = Field(0.2, gt=0, lt=1)  # top share of subjects by popularity
+    rare_fraction: float = Field(0.5, gt=0, lt=1)  # bottom share of subjects by popularity
+
+
+class ScanConfig(Strict):
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    n_test_commands: int = Field(500, ge=1)  # evaluation subsample of the test split
+
+
+class TasksConfig(Strict):
+    facts: FactsConfig = FactsConfig()
+    scan: ScanConfig = ScanConfig()
+
+
+class ZooModelConfig(Strict):
+    name: str
+    hidden: int = Field(ge=4)
+    layers: int = Field(ge=1)
+    heads: int = Field(ge=1)
+    intermediate: int = Field(ge=4)
+    lr: float = Field(gt=0)
+    price: PriceConfig
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ZooModelConfig":
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class ZooMix(Strict):
+    """Shares of training sequences: single hops, SCAN clauses, and whole queries of both tasks."""
+
+    facts_hop: float = Field(0.75, ge=0)
+    facts_chain: float = Field(0.05, ge=0)
+    scan_clause: float = Field(0.12, ge=0)
+    scan_command: float = Field(0.08, ge=0)
+
+
+class ZooConfig(Strict):
+    train_tokens: int = Field(3_000_000, ge=1000)  # equal for every model
+    batch_size: int = Field(256, ge=1)
+    warmup_frac: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    workers: int = Field(2, ge=1)  # models trained in parallel processes
+    eval_batch_size: int = Field(512, ge=1)
+    mix: ZooMix = ZooMix()
+    models: list[ZooModelConfig] = Field(min_length=1)
+
+
+class PoolModelConfig(Strict):
+    """A pool model served by one of the backends. The zoo's models join the pool by default."""
+
+    id: str
+    backend: Literal["hf", "openai", "vllm"] = "hf"
+    path: str | None = None  # local HF folder (hf, vllm)
+    url: str | None = None  # OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (openai)
+    remote_model: str | None = None  # the model name at that endpoint (default: id)
+    api_key_env: str | None = None  # env var holding the API key (openai)
+    timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    price: PriceConfig
+    replicas: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _where(self) -> "PoolModelConfig":
+        if self.backend == "openai" and not self.url:
+            raise ValueError("an openai backend needs url")
+        if self.backend in ("hf", "vllm") and not self.path:
+            raise ValueError(f"a {self.backend} backend needs path")
+        return self
+
+
+class PoolConfig(Strict):
+    use_zoo: bool = True  # add every zoo model (hf backend) to the pool
+    models: list[PoolModelConfig] = []
+    replicas: int = Field(1, ge=1)  # default replicas per model
+    batch_window_ms: float = Field(5.0, ge=0)
+    max_batch: int = Field(64, ge=1)
+    num_cpus_per_server: float = Field(0.25, gt=0)
+
+
+class ServeConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+
+class WandbConfig(Strict):
+    mode: Literal["online", "offline", "disabled"] = "offline"
+    project: str = "r2-reasoner"
+
+
+class Config(Strict):
+    name: str = "tiny"
+    run_dir: str = "runs/tiny"
+    seed: int = 0
+    tasks: TasksConfig = TasksConfig()
+    zoo: ZooConfig
+    pool: PoolConfig = PoolConfig()
+    serve: ServeConfig = ServeConfig()
+    wandb: WandbConfig = WandbConfig()
+
+    @property
+    def zoo_dir(self) -> Path:
+        return Path(self.run_dir) / "zoo"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node: Any = tree
+    for i, key in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            node = node[int(key)]
+            continue
+        node = node.setdefault(key, {})
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"{'.'.join(keys[: i + 1])}: is not a section, cannot set {dotted}")
+    last = keys[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key.path=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "<root>"
+    got = first.get("input")
+    got_text = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    more = f" [+{err.error_count() - 1} more]" if err.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{got_text}{more}"
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    tree = yaml.safe_load(path.read_text()) or {}
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_path(tree, key, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="configs/tiny.yaml", help="YAML config (default: %(default)s)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config field, e.g. --set pool.replicas=2 (repeatable)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(args.config, args.overrides)
+    except ConfigError as err:
+        raise SystemExit(f"config error: {err}") from None

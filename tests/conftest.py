@@ -1,0 +1,47 @@
+"""Shared fixtures: the small test zoo (trained once, reused across runs while its config is unchanged)
+and a local Ray instance."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def zoo_config():
+    """configs/test.yaml with its zoo trained (by the project's own zoo pipeline)."""
+    from pipelines.config import load_config
+    from pipelines.zoo import run_zoo
+
+    cfg = load_config(ROOT / "configs" / "test.yaml", [f"run_dir={ROOT / 'runs' / 'tests'}"])
+    run_zoo(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def zoo_card(zoo_config) -> dict:
+    return json.loads((zoo_config.zoo_dir / "card.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def zoo_model_dir(zoo_config) -> Path:
+    """The largest test-zoo model's HF folder."""
+    return zoo_config.zoo_dir / zoo_config.zoo.models[-1].name
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    from actors.runtime import init_ray
+
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,47 @@
+import pytest
+
+from actors.backends.base import Usage
+from actors.cost import CostLedger, CostModel, table_price_per_m
+from pipelines.config import PriceConfig
+
+
+def test_table_price_comes_from_litellm_data():
+    inp, out = table_price_per_m("gpt-4o")
+    assert inp > 0 and out > inp  # completion tokens cost more than prompt tokens for gpt-4o
+
+
+def test_cost_of_declared_table_and_gpu_prices():
+    cm = CostModel({
+        "small": PriceConfig(input_per_m=0.02, output_per_m=0.06),
+        "api": PriceConfig(ref="gpt-4o"),
+        "gpu": PriceConfig(gpu_hour_usd=3.6, gpus=2),
+    })
+    u = Usage(prompt_tokens=1000, completion_tokens=500)
+    assert cm.cost("small", u) == pytest.approx(1000 * 0.02e-6 + 500 * 0.06e-6)
+    inp, out = table_price_per_m("gpt-4o")
+    assert cm.cost("api", u) == pytest.approx((1000 * inp + 500 * out) / 1e6)
+    assert cm.cost("gpu", u, latency_s=10.0) == pytest.approx(10.0 * 2 * 3.6 / 3600)
+
+
+def test_unknown_model_and_unknown_ref_are_clear_errors():
+    with pytest.raises(KeyError, match="no price for model 'x'"):
+        CostModel({}).cost("x", Usage())
+    with pytest.raises(KeyError, match="price.ref 'no-such-model'"):
+        CostModel({"m": PriceConfig(ref="no-such-model")})
+
+
+def test_price_needs_exactly_one_way():
+    with pytest.raises(ValueError):
+        PriceConfig(input_per_m=1.0, output_per_m=1.0, ref="gpt-4o")
+    with pytest.raises(ValueError):
+        PriceConfig(input_per_m=1.0)
+
+
+def test_ledger_sums_calls():
+    led = CostLedger()
+    led.add("a", Usage(3, 2), 0.5)
+    led.add("a", Usage(1, 1), 0.25)
+    led.add("b", Usage(4, 0), 1.0)
+    snap = led.snapshot()
+    assert snap["total_usd"] == pytest.approx(1.75) and snap["calls"] == 3
+    assert snap["models"]["a"] == {"calls": 2, "prompt_tokens": 4, "completion_tokens": 3, "cost_usd": 0.75}

@@ -1,0 +1,41 @@
+from benchmarks.tasks.facts import FactsTask, FactsWorld, chain_question
+from pipelines.config import FactsConfig
+
+CFG = FactsConfig(n_entities=60, n_relations=6, n_train_chains=200, n_test_chains=50, eval_facts_per_bucket=20)
+
+
+def test_world_is_deterministic_and_complete():
+    a, b = FactsWorld(CFG, seed=3), FactsWorld(CFG, seed=3)
+    assert a.objects == b.objects and len(a.facts) == 60 * 6
+    assert len(set(a.entities)) == 60 and not set(a.entities) & set(a.relations)
+    assert FactsWorld(CFG, seed=4).objects != a.objects
+
+
+def test_popularity_is_zipf_and_bucketed():
+    w = FactsWorld(CFG, seed=0)
+    top = min(w.entities, key=w.rank.get)
+    bottom = max(w.entities, key=w.rank.get)
+    assert w.bucket(top) == "popular" and w.bucket(bottom) == "rare"
+    assert w.weights[w.entities.index(top)] > w.weights[w.entities.index(bottom)]
+
+
+def test_chains_decompose_into_hops_that_reach_the_answer():
+    t = FactsTask(CFG, seed=0)
+    test, train = t.load("test"), t.load("train")
+    assert len(test) == 50 and len(train) == 200
+    assert not {e.query for e in test} & {e.query for e in train}
+    for e in test:
+        rels, subj = e.meta["relations"], e.meta["subject"]
+        assert e.query == chain_question(rels, subj)
+        cur = subj
+        for step, r in zip(e.steps, rels):
+            assert step.prompt == f"{r} of {cur}"
+            cur = t.world.objects[(r, cur)]
+            assert step.answer == cur
+        assert e.answer == cur and t.score(cur, e) == 1.0 and t.score("nobody", e) == 0.0
+
+
+def test_hop_examples_cover_each_bucket():
+    hops = FactsTask(CFG, seed=0).hop_examples()
+    assert set(hops) == {"popular", "mid", "rare"}
+    assert all(0 < len(v) <= 20 and all(e.bucket == b for e in v) for b, v in hops.items())
