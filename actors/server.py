@@ -31,6 +31,7 @@ class ModelServerImpl:
         self.batches_run = 0
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
 
     def _ensure_loop(self) -> None:
         if self._loop_task is None or self._loop_task.done():
@@ -46,25 +47,35 @@ class ModelServerImpl:
         return list(await asyncio.gather(*(r.future for r in reqs)))
 
     async def _batch_loop(self) -> None:
+        # local backends run one batch at a time; remote ones may declare more batches in flight
+        slots = asyncio.Semaphore(getattr(self.backend, "concurrent_batches", 1))
         while True:
             await self._wake.wait()
             if self.window_s:
                 await asyncio.sleep(self.window_s)
             while self.queue:
+                await slots.acquire()
                 params = self.queue[0].params
                 batch = [r for r in self.queue if r.params == params][: self.max_batch]
                 taken = set(map(id, batch))
                 self.queue = [r for r in self.queue if id(r) not in taken]
-                try:
-                    outs = await asyncio.to_thread(self.backend.generate, [r.prompt for r in batch], params)
-                    for r, out in zip(batch, outs):
-                        r.future.set_result(out)
-                except Exception as err:  # the callers see the failure; the server keeps serving
-                    for r in batch:
-                        if not r.future.done():
-                            r.future.set_exception(err)
-                self.batches_run += 1
+                task = asyncio.get_running_loop().create_task(self._run(batch, params, slots))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
             self._wake.clear()
+
+    async def _run(self, batch: list[_Request], params: SamplingParams, slots: asyncio.Semaphore) -> None:
+        try:
+            outs = await asyncio.to_thread(self.backend.generate, [r.prompt for r in batch], params)
+            for r, out in zip(batch, outs):
+                r.future.set_result(out)
+        except Exception as err:  # the callers see the failure; the server keeps serving
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_exception(err)
+        finally:
+            self.batches_run += 1
+            slots.release()
 
     def queue_length(self) -> int:
         return len(self.queue)

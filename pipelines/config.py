@@ -29,7 +29,7 @@ class PriceConfig(Strict):
     paper_model: str | None = None  # the paper-scale model whose price this rung borrows
 
     @model_validator(mode="after")
-    def _one_way(self) -> "PriceConfig":
+    def _one_way(self) -> PriceConfig:
         declared = self.input_per_m is not None or self.output_per_m is not None
         ways = [declared, self.ref is not None, self.gpu_hour_usd is not None]
         if sum(ways) != 1:
@@ -71,7 +71,7 @@ class ZooModelConfig(Strict):
     price: PriceConfig
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "ZooModelConfig":
+    def _heads_divide(self) -> ZooModelConfig:
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
         return self
@@ -112,7 +112,7 @@ class PoolModelConfig(Strict):
     replicas: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _where(self) -> "PoolModelConfig":
+    def _where(self) -> PoolModelConfig:
         if self.backend == "openai" and not self.url:
             raise ValueError("an openai backend needs url")
         if self.backend in ("hf", "vllm") and not self.path:

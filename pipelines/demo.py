@@ -70,16 +70,15 @@ def preview(cfg: Config, limit: int, console) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from rich.console import Console
-
     from pipelines.zoo import CARD, card_table, run_zoo
+    from pipelines.zoo import console as make_console
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
     parser.add_argument("--limit", type=int, default=200, help="test queries per task (default: %(default)s)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
-    console = Console()
+    console = make_console()
     console.rule("1. tiny model zoo")
     card = run_zoo(cfg, console)
     console.print(card_table(card))

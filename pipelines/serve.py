@@ -17,11 +17,13 @@ unknown model, 500 when the pool fails.
 
 The command blocks until Ctrl-C. `build_app` and `run_pool_endpoint` start the same thing in-process.
 """
-from __future__ import annotations
-
+# no `from __future__ import annotations` here: FastAPI must see the request model's real annotation
+# through Serve's ingress wrapper, or it reads the body parameter as a query parameter
 import argparse
 import asyncio
+import os
 import signal
+import socket
 import time
 import uuid
 from typing import Any, NamedTuple
@@ -31,6 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
+from ray.exceptions import RayError
 
 from actors.backends import Completion, SamplingParams
 from pipelines.config import Config, add_config_args, config_from_args
@@ -46,7 +49,7 @@ class CompletionRequest(BaseModel):
 
     model: str
     prompt: str | list[str]
-    max_tokens: int = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=1)  # null: the default, 16
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = None
@@ -85,7 +88,7 @@ class CompletionRequest(BaseModel):
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
     def sampling_params(self) -> SamplingParams:
-        return SamplingParams(max_new_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
+        return SamplingParams(max_new_tokens=self.max_tokens or 16, temperature=self.temperature, top_p=self.top_p,
                               seed=self.seed)
 
 
@@ -160,9 +163,8 @@ class PoolIngress:
         try:
             outs: list[Completion] = await self.pool.generate.remote(
                 req.model, req.prompts, req.sampling_params())
-        except Exception as err:  # a failing model: report it, keep serving
-            return openai_error(500, f"model {req.model!r} failed: {type(err).__name__}: {err}",
-                                type_="server_error")
+        except RayError as err:  # a failing model or actor: report it, keep serving
+            return openai_error(500, f"model {req.model!r} failed: {err}", type_="server_error")
         choices = []
         for i, c in enumerate(outs):
             logprobs = None
@@ -205,11 +207,12 @@ def run_pool_endpoint(cfg: Config, blocking: bool = True, pool: Any = None) -> P
     from actors.pool import start_pool
     from actors.runtime import init_ray
 
+    paths = tokenizer_paths(cfg)  # also checks the pool's models exist, before Ray starts
     init_ray()
     if pool is None:
         pool = start_pool(cfg, name="pool")
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(build_app(pool, tokenizer_paths(cfg)), name=POOL_APP, route_prefix="/", blocking=False)
+    serve.run(build_app(pool, paths), name=POOL_APP, route_prefix="/", blocking=False)
     endpoint = PoolEndpoint(f"http://{cfg.serve.host}:{cfg.serve.port}/v1", pool)
     if blocking:
         print(f"pool endpoint: {endpoint.url}  (GET /v1/models, POST /v1/completions); Ctrl-C to stop",
@@ -225,11 +228,21 @@ def _wait_for_interrupt() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even when started in the background
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise SystemExit(f"error: cannot serve on {host}:{port} ({err.strerror}); "
+                             f"choose another port with --set serve.port=N") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -240,7 +253,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     if args.command == "pool":
-        run_pool_endpoint(cfg, blocking=True)
+        if not os.environ.get("RAY_ADDRESS"):  # a fresh local Ray: the port must be ours to take
+            _check_port_free(cfg.serve.host, cfg.serve.port)
+        try:
+            run_pool_endpoint(cfg, blocking=True)
+        except (FileNotFoundError, ValueError) as err:  # a pool the config cannot build
+            raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ ANSWER_TOKENS = {"facts": 4, "scan:clause": 26, "scan:command": 50}
 
 @dataclass
 class World:
-    facts: "FactsTask"  # noqa: F821
-    scan: "ScanTask"  # noqa: F821
+    facts: FactsTask  # noqa: F821
+    scan: ScanTask  # noqa: F821
 
     def words(self) -> list[str]:
         from benchmarks.tasks import scan
@@ -60,8 +60,8 @@ def training_pairs(world: World) -> dict[str, tuple[list[tuple[str, str]], list[
 
 def eval_sets(world: World) -> dict[str, list[tuple[str, str]]]:
     """Test questions per card bucket."""
-    sets = {f"facts:{b}": [(e.query, e.answer) for e in exs]
-            for b, exs in world.facts.hop_examples().items()}
+    hops = world.facts.hop_examples()
+    sets = {f"facts:{b}": [(e.query, e.answer) for e in hops[b]] for b in ("popular", "mid", "rare")}
     sets["facts:2hop-oneshot"] = [(e.query, e.answer) for e in world.facts.load("test")]
     sets["scan:clause"] = [(e.query, e.answer) for e in world.scan.clause_examples()]
     sets["scan:command"] = [(e.query, e.answer) for e in world.scan.load("test")]
@@ -198,18 +198,17 @@ def cached_entry(cfg: Config, m: ZooModelConfig) -> dict | None:
     return data["entry"] if data.get("key") == model_key(cfg, m) else None
 
 
-def run_zoo(cfg: Config, console=None) -> dict:
+def run_zoo(cfg: Config, out=None) -> dict:
     """Train what is missing (largest first, `zoo.workers` at a time), then write and return the card."""
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    console = console or Console()
+    out = out or console()
     cfg.zoo_dir.mkdir(parents=True, exist_ok=True)
     entries = {m.name: cached_entry(cfg, m) for m in cfg.zoo.models}
     todo = [m for m in cfg.zoo.models if entries[m.name] is None]
     for name, e in entries.items():
         if e is not None:
-            console.print(f"[dim]zoo: reusing {name} ({e['params']:,} params)[/dim]")
+            out.print(f"[dim]zoo: reusing {name} ({e['params']:,} params)[/dim]")
     todo.sort(key=lambda m: -(m.hidden ** 2 * m.layers))
     if todo:
         ctx = mp.get_context("spawn")
@@ -218,7 +217,7 @@ def run_zoo(cfg: Config, console=None) -> dict:
         pending, running, errors = list(todo), {}, []
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[status]}"), TimeElapsedColumn()]
-        with Progress(*columns, console=console) as progress:
+        with Progress(*columns, console=out) as progress:
             bars = {m.name: progress.add_task(f"zoo {m.name}", total=None, status="queued") for m in todo}
             while pending or running:
                 while pending and len(running) < cfg.zoo.workers:
@@ -251,28 +250,39 @@ def run_zoo(cfg: Config, console=None) -> dict:
 def card_table(card: dict):
     from rich.table import Table
 
+    from actors.cost import rate_for
+    from pipelines.config import PriceConfig
+
     buckets = list(card["models"][0]["accuracy"])
-    table = Table(title="tiny model zoo: exact-match accuracy on the test split")
-    for col in ["model", "params", "train s", "tokens", "$/1M out (paper rung)", *buckets]:
-        table.add_column(col, justify="left" if col == "model" else "right")
+    tokens = {m["tokens"] for m in card["models"]}
+    table = Table(title=f"tiny model zoo: exact-match test accuracy ({'/'.join(f'{t:,}' for t in tokens)} "
+                        "training tokens each; prices of the paper rung, $/1M tokens in/out)")
+    for col in ["model", "params", "train s", "paper rung", "$ in/out", *buckets]:
+        table.add_column(col, justify="left" if col in ("model", "paper rung") else "right")
     for m in card["models"]:
-        p = m["price"]
-        price = f"{p['output_per_m']:.2f}" if "output_per_m" in p else p.get("ref", "gpu")
-        table.add_row(m["name"], f"{m['params']:,}", f"{m['train_seconds']:.0f}", f"{m['tokens']:,}",
-                      f"{price} ({p.get('paper_model', '-')})", *(f"{m['accuracy'][b]:.3f}" for b in buckets))
+        price = PriceConfig(**m["price"])
+        rate = rate_for(price)
+        table.add_row(m["name"], f"{m['params']:,}", f"{m['train_seconds']:.0f}", price.paper_model or "-",
+                      f"{rate.input_per_m:g}/{rate.output_per_m:g}", *(f"{m['accuracy'][b]:.3f}" for b in buckets))
     return table
 
 
-def main(argv: list[str] | None = None) -> dict:
+def console():
+    """A rich console that stays readable (wide tables, no live redraw) in logs and CI."""
     from rich.console import Console
 
+    c = Console()
+    return c if c.is_terminal else Console(width=200)
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
     cfg = config_from_args(parser.parse_args(argv))
-    console = Console()
-    card = run_zoo(cfg, console)
-    console.print(card_table(card))
-    console.print(f"card: {cfg.zoo_dir / CARD}")
+    out = console()
+    card = run_zoo(cfg, out)
+    out.print(card_table(card))
+    out.print(f"card: {cfg.zoo_dir / CARD}")
     return card
 
 

@@ -27,12 +27,22 @@ def test_chains_decompose_into_hops_that_reach_the_answer():
     for e in test:
         rels, subj = e.meta["relations"], e.meta["subject"]
         assert e.query == chain_question(rels, subj)
-        cur = subj
-        for step, r in zip(e.steps, rels):
-            assert step.prompt == f"{r} of {cur}"
+        cur, answers = subj, []
+        for i, (step, r) in enumerate(zip(e.steps, rels)):
+            assert step.prompt == f"{r} of {subj if i == 0 else f'#{i}'}"
+            assert t.gold_step_prompt(e, i, answers) == f"{r} of {cur}"
             cur = t.world.objects[(r, cur)]
             assert step.answer == cur
+            answers.append(cur)
         assert e.answer == cur and t.score(cur, e) == 1.0 and t.score("nobody", e) == 0.0
+
+
+def test_render_step_fills_references():
+    from benchmarks.tasks.base import render_step
+
+    assert render_step("city of #1", ["zorbak"]) == "city of zorbak"
+    assert render_step("city of #2", ["zorbak"]) == "city of #2"  # unknown references stay
+    assert render_step("city of #1", ["  "]) == "city of #1"  # an empty answer fills nothing
 
 
 def test_hop_examples_cover_each_bucket():

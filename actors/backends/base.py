@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Completion:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Completion":
+    def from_dict(cls, d: dict[str, Any]) -> Completion:
         d = dict(d)
         d["usage"] = Usage(**d["usage"])
         return cls(**d)

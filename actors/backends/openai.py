@@ -57,6 +57,8 @@ def parse_token_ids(tokens: list[str] | None) -> list[int]:
 
 @register_backend("openai")
 class OpenAIBackend(Backend):
+    concurrent_batches = 4  # a remote endpoint serves several micro-batches at once
+
     def __init__(self, model_id: str, spec: dict[str, Any]):
         super().__init__(model_id, spec)
         from openai import OpenAI

@@ -3,17 +3,33 @@ from __future__ import annotations
 
 import abc
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 
 @dataclass
 class Step:
-    """One subtask of a gold decomposition: the prompt a pool model sees and its gold answer."""
+    """One subtask of a gold decomposition: its text, which may refer to earlier steps' answers as
+    `#1`, `#2`, ... (see `render_step`), and its gold answer."""
 
     prompt: str
     answer: str
+
+
+_REF = re.compile(r"#(\d+)")
+
+
+def render_step(text: str, earlier: list[str]) -> str:
+    """Substitute `#k` with the k-th earlier answer (1-based); unknown references stay as written."""
+
+    def sub(m: re.Match) -> str:
+        k = int(m.group(1))
+        return earlier[k - 1].strip() or m.group(0) if 1 <= k <= len(earlier) else m.group(0)
+
+    return _REF.sub(sub, text)
 
 
 @dataclass
@@ -39,9 +55,8 @@ class Task(abc.ABC):
         """1.0 for a correct prediction, 0.0 for a wrong one (fractional where the metric is)."""
 
     def gold_step_prompt(self, example: Example, i: int, earlier: list[str]) -> str:
-        """Step i of the gold decomposition, given the chain's own earlier answers (default: the step's
-        prompt does not depend on them)."""
-        return example.steps[i].prompt
+        """Step i of the gold decomposition with the chain's own earlier answers filled in."""
+        return render_step(example.steps[i].prompt, earlier)
 
     def final_answer(self, example: Example, step_answers: list[str]) -> str:
         """The query's answer from its step answers (default: the last step's)."""

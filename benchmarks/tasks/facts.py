@@ -104,9 +104,10 @@ class FactsWorld:
     def chain_example(self, idx: str, relations: list[str], subject: str) -> Example:
         hops = self.answer(relations, subject)
         subjects = [subject, *hops[:-1]]
+        refs = [subject, *(f"#{k}" for k in range(1, len(hops)))]  # each hop asks about the previous answer
         return Example(
             id=f"facts-{idx}", task="facts", query=chain_question(relations, subject), answer=hops[-1],
-            steps=[Step(hop_question(r, s), o) for r, s, o in zip(relations, subjects, hops)],
+            steps=[Step(hop_question(r, s), o) for r, s, o in zip(relations, refs, hops)],
             bucket=f"{len(relations)}hop",
             meta={"subject": subject, "relations": relations, "hop_buckets": [self.bucket(s) for s in subjects]},
         )
@@ -166,8 +167,3 @@ class FactsTask(Task):
 
     def score(self, prediction: str, example: Example) -> float:
         return exact_match(prediction if isinstance(prediction, str) else "", example.answer)
-
-    def gold_step_prompt(self, example: Example, i: int, earlier: list[str]) -> str:
-        """Each hop asks about the entity the previous hop answered."""
-        subject = earlier[i - 1] if i else example.meta["subject"]
-        return hop_question(example.meta["relations"][i], subject.strip() or "[UNK]")

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from actors.backends import SamplingParams, make_backend
-from pipelines.config import Config, ServeConfig
+from pipelines.config import Config, PoolModelConfig, ServeConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -54,7 +54,13 @@ def pool_config(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         cfg = request.getfixturevalue("zoo_config")
     except pytest.FixtureLookupError:
         cfg = _tiny_pool_config(tmp_path_factory.mktemp("serve_pool"))
-    return cfg.model_copy(update={"serve": ServeConfig(host="127.0.0.1", port=_free_port())})
+    # plus a model behind an endpoint that is down: its failures must come back as clean 500s
+    dead = PoolModelConfig(id="unreachable", backend="openai", url=f"http://127.0.0.1:{_free_port()}/v1",
+                           max_retries=0, price={"input_per_m": 0.01, "output_per_m": 0.01})
+    return cfg.model_copy(update={
+        "serve": ServeConfig(host="127.0.0.1", port=_free_port()),
+        "pool": cfg.pool.model_copy(update={"models": [*cfg.pool.models, dead]}),
+    })
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +72,7 @@ def endpoint(pool_config: Config) -> Iterator:
     from pipelines.serve import run_pool_endpoint
 
     t0 = time.perf_counter()
+    ours = not ray.is_initialized()  # leave a session-wide Ray (tests/conftest.py) running
     init_ray()
     try:
         ep = run_pool_endpoint(pool_config, blocking=False)
@@ -83,7 +90,8 @@ def endpoint(pool_config: Config) -> Iterator:
         yield ep
     finally:
         serve.shutdown()
-        ray.shutdown()
+        if ours:
+            ray.shutdown()
 
 
 def _pool_ids(cfg: Config) -> list[str]:
@@ -92,11 +100,17 @@ def _pool_ids(cfg: Config) -> list[str]:
     return [m.id for m in pool_models(cfg)]
 
 
+def _hf_models(cfg: Config) -> list[PoolModelConfig]:
+    from actors.pool import pool_models
+
+    return [m for m in pool_models(cfg) if m.backend == "hf"]
+
+
 def test_models_endpoint(endpoint, pool_config: Config) -> None:
     from openai import OpenAI
 
     ids = _pool_ids(pool_config)
-    assert len(ids) >= 2
+    assert len(_hf_models(pool_config)) >= 2
     body = httpx.get(f"{endpoint.url}/models").json()
     assert body["object"] == "list"
     assert sorted(m["id"] for m in body["data"]) == sorted(ids)
@@ -107,30 +121,32 @@ def test_models_endpoint(endpoint, pool_config: Config) -> None:
 def test_openai_backend_matches_hf_backend(endpoint, pool_config: Config) -> None:
     import ray
 
-    from actors.pool import pool_models
-
     params = SamplingParams(max_new_tokens=6)
     before = ray.get(endpoint.pool.ledger_snapshot.remote())["calls"]
-    for m in pool_models(pool_config):
+    texts = []
+    for m in _hf_models(pool_config):
         direct = make_backend("hf", m.id, {"path": m.path}).generate(PROMPTS, params)
         remote = make_backend("openai", m.id, {"url": endpoint.url, "timeout_s": 60, "max_retries": 1})
         try:
             served = remote.generate(PROMPTS, params)
         finally:
             remote.close()
+        assert len(served) == len(direct) == len(PROMPTS)
         for d, s in zip(direct, served):
             assert s.text == d.text, m.id
             assert s.usage == d.usage, m.id
             assert s.token_ids == d.token_ids, m.id
             assert s.finish_reason == d.finish_reason, m.id
             assert s.token_logprobs == pytest.approx(d.token_logprobs, abs=1e-4), m.id
+            texts.append(s.text)
+    assert any(texts)  # the comparison is not vacuous
     after = ray.get(endpoint.pool.ledger_snapshot.remote())
-    assert after["calls"] - before == len(PROMPTS) * len(pool_models(pool_config))
+    assert after["calls"] - before == len(PROMPTS) * len(_hf_models(pool_config))
     assert after["total_usd"] > 0
 
 
 def test_completions_schema_and_errors(endpoint, pool_config: Config) -> None:
-    model = _pool_ids(pool_config)[0]
+    model = _hf_models(pool_config)[0].id
     url = f"{endpoint.url}/completions"
     r = httpx.post(url, json={"model": model, "prompt": PROMPTS[:2], "max_tokens": 3, "temperature": 0,
                               "logprobs": 0}, timeout=60)
@@ -169,3 +185,16 @@ def test_completions_schema_and_errors(endpoint, pool_config: Config) -> None:
 
     r = httpx.post(url, content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 400
+
+
+def test_failing_model_gives_500(endpoint, pool_config: Config) -> None:
+    dead = next(m for m in pool_config.pool.models if m.id == "unreachable")
+    r = httpx.post(f"{endpoint.url}/completions", json={"model": "unreachable", "prompt": "look ="}, timeout=60)
+    assert r.status_code == 500
+    err = r.json()["error"]
+    assert err["type"] == "server_error"
+    assert "EndpointError" in err["message"] and "cannot connect" in err["message"]
+    assert f"{dead.url}/completions" in err["message"]
+    ok = httpx.post(f"{endpoint.url}/completions",  # the endpoint keeps serving
+                    json={"model": _hf_models(pool_config)[0].id, "prompt": "look =", "max_tokens": 2}, timeout=60)
+    assert ok.status_code == 200
