@@ -129,6 +129,35 @@ class PoolConfig(Strict):
     num_cpus_per_server: float = Field(0.25, gt=0)
 
 
+class ReasonConfig(Strict):
+    """The chain's procedural review: a step whose `alpha`-quantile token probability is below `tau`
+    is re-run on the next tier up (at most `max_escalations` times)."""
+
+    alpha: float = Field(0.1, ge=0, le=1)
+    tau: float = Field(0.5, ge=0, le=1)
+    max_escalations: int = Field(1, ge=0)
+    max_steps: int = Field(6, ge=1)
+    decompose_max_tokens: int = Field(24, ge=1)
+    escalation: Literal["next", "top"] = "next"  # one tier up, or straight to the largest model
+
+
+class RewardConfig(Strict):
+    """r = correct - lam * cost / cost_ref + beta * format_ok. `cost_ref` (USD per query) defaults to
+    the reference method's (every step on the largest model) mean cost per query on the same task."""
+
+    lam: float = Field(0.5, ge=0)
+    beta: float = Field(0.1, ge=0)
+    cost_ref: float | None = Field(None, gt=0)
+
+
+class EvalConfig(Strict):
+    methods: list[str] = ["single:*", "all:*", "random", "task-router", "cascade", "two-tier"]
+    tasks: list[str] = ["facts", "scan"]
+    limit: int = Field(500, ge=1)  # test queries per task
+    sweep_tau: list[float] = [0.2, 0.4, 0.6, 0.8, 0.95]  # knob sweep of confidence-based methods (AIQ)
+    task_router_train: int = Field(400, ge=1)  # train queries per task labelled for the task-router
+
+
 class ServeConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -146,6 +175,9 @@ class Config(Strict):
     tasks: TasksConfig = TasksConfig()
     zoo: ZooConfig
     pool: PoolConfig = PoolConfig()
+    reason: ReasonConfig = ReasonConfig()
+    reward: RewardConfig = RewardConfig()
+    eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()
     wandb: WandbConfig = WandbConfig()
 

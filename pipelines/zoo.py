@@ -32,9 +32,12 @@ class World:
     scan: ScanTask  # noqa: F821
 
     def words(self) -> list[str]:
+        """The shared vocabulary: both tasks' words plus the router's (so router policies can start
+        from a zoo checkpoint)."""
         from benchmarks.tasks import scan
+        from policies.tiny_lm import MODEL_SLOTS, ROUTER_WORDS
 
-        return [*self.facts.world.vocab(), *scan.vocab()]
+        return [*self.facts.world.vocab(), *scan.vocab(), *ROUTER_WORDS, *MODEL_SLOTS]
 
 
 def build_world(cfg: Config) -> World:
@@ -112,6 +115,7 @@ def model_key(cfg: Config, m: ZooModelConfig) -> str:
     blob = json.dumps({
         "model": m.model_dump(exclude={"price"}), "seed": cfg.seed, "tasks": cfg.tasks.model_dump(),
         "zoo": cfg.zoo.model_dump(exclude={"models", "workers", "eval_batch_size"}),
+        "vocab": build_world(cfg).words(),
     }, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

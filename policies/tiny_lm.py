@@ -14,6 +14,11 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 SPECIALS = [PAD, BOS, EOS, UNK]
 SEP = "="
+# words of the router's own prompts and outputs: step separators, references to earlier answers, and
+# one token per pool tier (the allocator names a tier; the pool maps tiers to model ids)
+STEP_SEP = "|"
+ROUTER_WORDS = ["decompose", "allocate", STEP_SEP, "#1", "#2", "#3", "#4", "#5", "#6"]
+MODEL_SLOTS = [f"<m{i}>" for i in range(8)]
 
 
 def format_prompt(question: str) -> str:

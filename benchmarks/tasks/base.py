@@ -45,6 +45,7 @@ class Example:
 
 class Task(abc.ABC):
     name: ClassVar[str]
+    step_max_tokens: ClassVar[int] = 32  # generation budget of one step's answer
 
     @abc.abstractmethod
     def load(self, split: str) -> list[Example]:
@@ -57,6 +58,13 @@ class Task(abc.ABC):
     def gold_step_prompt(self, example: Example, i: int, earlier: list[str]) -> str:
         """Step i of the gold decomposition with the chain's own earlier answers filled in."""
         return render_step(example.steps[i].prompt, earlier)
+
+    def step_prompt(self, example: Example, step_text: str, earlier: list[str]) -> str:
+        """What a pool model is asked for one step (default: the tiny world's `question =` form with
+        earlier answers filled in; natural-language tasks also show the query and earlier answers)."""
+        from policies.tiny_lm import format_prompt
+
+        return format_prompt(render_step(step_text, earlier))
 
     def final_answer(self, example: Example, step_answers: list[str]) -> str:
         """The query's answer from its step answers (default: the last step's)."""

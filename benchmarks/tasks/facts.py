@@ -123,6 +123,8 @@ class FactsTask(Task):
     """Test queries are k-hop chains never seen whole in training; every single fact is knowledge
     (all of it is in the zoo's training stream, weighted by popularity)."""
 
+    step_max_tokens = 4
+
     def __init__(self, cfg: FactsConfig | None = None, seed: int = 0):
         self.cfg = cfg or FactsConfig()
         self.seed = seed

@@ -109,6 +109,8 @@ def vocab() -> list[str]:
 
 @register_task("scan")
 class ScanTask(Task):
+    step_max_tokens = 26  # the longest clause has 24 actions
+
     def __init__(self, cfg: ScanConfig | None = None, seed: int = 0) -> None:
         self.cfg = cfg or ScanConfig()
         self.seed = seed

@@ -1,0 +1,226 @@
+"""Baselines, a registry: each method runs a batch of test queries over any pool and returns one
+`Trajectory` per query, through the same chain (`pipelines.reason`) as R2.
+
+    single:<model>  the whole query in one shot on one model
+    all:<model>     the decomposition, every step on that model (all:<largest> is the reference)
+    random          the decomposition, a random model per step
+    task-router     RouteLLM-style: a classifier on query words picks one model per query (trained
+                    on labelled train queries: the cheapest model whose chain was correct)
+    cascade         FrugalGPT-style: cheapest model first; the whole query moves up a tier while any
+                    step's confidence is below tau
+    two-tier        DoT-style: each step on the smallest model, moved to the largest when its
+                    alpha-quantile confidence is below tau
+
+Until a trained decomposer exists, methods that need a decomposition use the task's gold one; each
+trajectory records which decomposer produced it. A new baseline is one class plus one registry line.
+"""
+from __future__ import annotations
+
+import abc
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from benchmarks.tasks.base import Example, Task
+from pipelines.config import ReasonConfig
+from pipelines.reason import Trajectory, areason_batch
+from policies.router import AllocateDecision, GoldDecomposition, Router, WholeQuery
+
+
+@dataclass
+class Context:
+    pool: object  # the ModelPool actor handle
+    model_ids: list[str]  # cheapest tier first
+    reason: ReasonConfig
+    seed: int = 0
+
+
+class Method(abc.ABC):
+    name: str
+    knob: str | None = None  # the setting a sweep varies (for cost-accuracy curves)
+
+    @abc.abstractmethod
+    async def run(self, examples: list[Example], task: Task, ctx: Context) -> list[Trajectory]: ...
+
+    def with_knob(self, value: float) -> "Method":
+        raise NotImplementedError(f"{self.name} has no knob")
+
+
+class FixedRouter(Router):
+    """A router of rules: a decomposition source and a fixed tier per step."""
+
+    def __init__(self, name: str, decomposer, tier_of):
+        self.name, self._decomposer, self._tier_of = name, decomposer, tier_of
+        self.decomposer_name = decomposer.decomposer_name
+
+    def decompose(self, examples, task):
+        return self._decomposer.decompose(examples, task)
+
+    def allocate(self, step_texts, examples, n_tiers):
+        return [AllocateDecision(self._tier_of(t, ex, n_tiers)) for t, ex in zip(step_texts, examples)]
+
+
+class RouterMethod(Method):
+    """Any `Router` run through the chain (with or without the procedural review)."""
+
+    def __init__(self, name: str, router: Router, review: bool = False, reason: dict | None = None):
+        self.name, self.router, self.review, self.reason_overrides = name, router, review, reason or {}
+
+    async def run(self, examples, task, ctx):
+        cfg = ctx.reason.model_copy(update=self.reason_overrides)
+        return await areason_batch(examples, self.router, ctx.pool, task, cfg, ctx.model_ids, self.review)
+
+
+def _tier(ctx: Context, model: str) -> int:
+    if model not in ctx.model_ids:
+        raise ValueError(f"unknown pool model {model!r}; pool: {ctx.model_ids}")
+    return ctx.model_ids.index(model)
+
+
+def single(ctx: Context, model: str) -> Method:
+    t = _tier(ctx, model)
+    return RouterMethod(f"single:{model}", FixedRouter(f"single:{model}", WholeQuery(), lambda *_: t))
+
+
+def all_on(ctx: Context, model: str) -> Method:
+    t = _tier(ctx, model)
+    return RouterMethod(f"all:{model}", FixedRouter(f"all:{model}", GoldDecomposition(), lambda *_: t))
+
+
+def random_method(ctx: Context, _: str | None = None) -> Method:
+    rng = random.Random(ctx.seed)
+    return RouterMethod("random", FixedRouter("random", GoldDecomposition(), lambda _t, _e, n: rng.randrange(n)))
+
+
+class TwoTier(RouterMethod):
+    knob = "tau"
+
+    def __init__(self, tau: float | None = None):
+        overrides = {"escalation": "top", "max_escalations": 1, **({"tau": tau} if tau is not None else {})}
+        super().__init__("two-tier", FixedRouter("two-tier", GoldDecomposition(), lambda *_: 0), True, overrides)
+
+    def with_knob(self, value):
+        return TwoTier(value)
+
+
+class Cascade(Method):
+    name, knob = "cascade", "tau"
+
+    def __init__(self, tau: float | None = None):
+        self.tau = tau
+
+    async def run(self, examples, task, ctx):
+        tau = ctx.reason.tau if self.tau is None else self.tau
+        result: dict[str, Trajectory] = {}
+        todo = list(examples)
+        spent: dict[str, list] = {ex.id: [] for ex in examples}
+        for tier, model in enumerate(ctx.model_ids):
+            router = FixedRouter(f"cascade@{model}", GoldDecomposition(), lambda *_, t=tier: t)
+            trajs = await areason_batch(todo, router, ctx.pool, task, ctx.reason, ctx.model_ids, review=False)
+            last = tier == len(ctx.model_ids) - 1
+            nxt = []
+            for ex, tr in zip(todo, trajs):
+                tr.steps = spent[ex.id] + tr.steps  # earlier tiers' calls are paid for too
+                confident = min((s.confidence for s in tr.steps[len(spent[ex.id]):]), default=0.0) >= tau
+                if confident or last:
+                    tr.router = "cascade"
+                    # the answer is the accepted tier's steps only
+                    own = tr.steps[len(spent[ex.id]):]
+                    tr.answer = task.final_answer(ex, [s.answer for s in own])
+                    tr.correct = task.score(tr.answer, ex)
+                    result[ex.id] = tr
+                else:
+                    spent[ex.id] = tr.steps
+                    nxt.append(ex)
+            todo = nxt
+            if not todo:
+                break
+        return [result[ex.id] for ex in examples]
+
+    def with_knob(self, value):
+        return Cascade(value)
+
+
+class TaskRouter(Method):
+    """A bag-of-words logistic-regression classifier (one per task) picks the tier for the whole
+    query; labels = cheapest tier whose `all:<tier>` chain answered a train query correctly."""
+
+    name = "task-router"
+
+    def __init__(self, train: dict[str, list[Example]] | None = None):
+        self.train = train or {}
+        self.models: dict[str, tuple[dict[str, int], torch.nn.Linear]] = {}
+
+    async def fit(self, task: Task, ctx: Context) -> None:
+        examples = self.train.get(task.name) or []
+        if not examples:
+            raise ValueError(f"task-router: no train queries for {task.name}")
+        n = len(ctx.model_ids)
+        labels = [n - 1] * len(examples)
+        for tier in reversed(range(n)):
+            trajs = await all_on(ctx, ctx.model_ids[tier]).run(examples, task, ctx)
+            for i, tr in enumerate(trajs):
+                if tr.correct >= 1.0:
+                    labels[i] = tier
+        vocab: dict[str, int] = {}
+        for ex in examples:
+            for w in ex.query.split():
+                vocab.setdefault(w, len(vocab))
+        x = self._features(vocab, examples)
+        y = torch.tensor(labels)
+        clf = torch.nn.Linear(len(vocab), n)
+        opt = torch.optim.Adam(clf.parameters(), lr=0.05, weight_decay=1e-4)
+        for _ in range(300):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(clf(x), y).backward()
+            opt.step()
+        self.models[task.name] = (vocab, clf)
+        self.label_counts = Counter(labels)
+
+    @staticmethod
+    def _features(vocab, examples):
+        x = torch.zeros(len(examples), len(vocab))
+        for i, ex in enumerate(examples):
+            for w in ex.query.split():
+                if w in vocab:
+                    x[i, vocab[w]] = 1.0
+        return x
+
+    async def run(self, examples, task, ctx):
+        if task.name not in self.models:
+            await self.fit(task, ctx)
+        vocab, clf = self.models[task.name]
+        with torch.no_grad():
+            tiers = clf(self._features(vocab, examples)).argmax(-1).tolist()
+        by_id = {ex.id: t for ex, t in zip(examples, tiers)}
+        router = FixedRouter("task-router", GoldDecomposition(), lambda _t, ex, _n: by_id[ex.id])
+        return await areason_batch(examples, router, ctx.pool, task, ctx.reason, ctx.model_ids, review=False)
+
+
+# name -> factory(ctx, argument after ':' or None)
+BASELINES = {
+    "single": single,
+    "all": all_on,
+    "random": random_method,
+    "two-tier": lambda ctx, _=None: TwoTier(),
+    "cascade": lambda ctx, _=None: Cascade(),
+    "task-router": lambda ctx, _=None: TaskRouter(),
+}
+
+
+def expand(names: list[str], model_ids: list[str]) -> list[str]:
+    """`single:*` / `all:*` stand for one method per pool model."""
+    out = []
+    for n in names:
+        kind, _, arg = n.partition(":")
+        out.extend(f"{kind}:{m}" for m in model_ids) if arg == "*" else out.append(n)
+    return out
+
+
+def make_method(name: str, ctx: Context) -> Method:
+    kind, _, arg = name.partition(":")
+    if kind not in BASELINES:
+        raise ValueError(f"unknown method {name!r}; known: {sorted(BASELINES)} (single:/all: take a model id)")
+    return BASELINES[kind](ctx, arg or None)

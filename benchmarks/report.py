@@ -1,0 +1,90 @@
+"""Cost-accuracy reporting: AIQ (RouterBench's area under the non-decreasing cost-accuracy hull),
+cost cut at matched accuracy versus the reference, the Pareto plot and the markdown table."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The upper concave hull of the non-decreasing (Pareto) frontier of (cost, accuracy) points."""
+    frontier: list[tuple[float, float]] = []
+    for c, a in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not frontier or a > frontier[-1][1]:
+            frontier.append((c, a))
+    out: list[tuple[float, float]] = []
+    for p in frontier:  # drop points under the chord of their neighbours (concavity)
+        while len(out) >= 2:
+            (c1, a1), (c2, a2) = out[-2], out[-1]
+            if (a2 - a1) * (p[0] - c1) <= (p[1] - a1) * (c2 - c1):
+                out.pop()
+            else:
+                break
+        out.append(p)
+    return out
+
+
+def aiq(points: list[tuple[float, float]], c_min: float, c_max: float) -> float:
+    """Area under the method's hull over [c_min, c_max], divided by the range: 0 below the cheapest
+    point, linear between hull points, flat after the last one."""
+    if c_max <= c_min:
+        return max(a for _, a in points)
+    h = hull(points)
+    xs = [min(max(c, c_min), c_max) for c, _ in h] + [c_max]
+    ys = [a for _, a in h] + [h[-1][1]]
+    area = sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(h) - 1))
+    area += (xs[-1] - xs[-2]) * ys[-1]
+    return area / (c_max - c_min)
+
+
+def cost_at_accuracy(points: list[tuple[float, float]], target: float) -> float | None:
+    """The cheapest cost at which the method's hull reaches `target` accuracy (None if it never does)."""
+    prev = None
+    for c, a in hull(points):
+        if a >= target:
+            if prev is None:
+                return c
+            c0, a0 = prev  # a > a0 on the hull: interpolate along the segment
+            return c0 + (target - a0) * (c - c0) / (a - a0)
+        prev = (c, a)
+    return None
+
+
+def pareto_png(methods: dict[str, dict], reference: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    for name, m in sorted(methods.items()):
+        curve = sorted(m.get("curve") or [])
+        style = dict(marker="*", s=180, color="black", zorder=5) if name == reference else dict(s=40, zorder=4)
+        dot = ax.scatter([m["cost_per_query"]], [m["accuracy"]], label=name, **style)
+        if len(curve) > 1:  # the method's knob sweep
+            ax.plot([c for c, _ in curve], [a for _, a in curve], "-", alpha=0.6, lw=1.2,
+                    color=dot.get_facecolor()[0])
+        ax.annotate(name, (m["cost_per_query"], m["accuracy"]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("cost per query (USD, paper-pool prices; log scale)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def markdown_table(results: dict) -> str:
+    ref = results["reference"]
+    ref_cost = results["methods"][ref]["cost_per_query"]
+    rows = ["| method | decomposer | accuracy | $ / query | reward | latency s | calls | cost vs ref | AIQ |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, m in sorted(results["methods"].items(), key=lambda kv: kv[1]["cost_per_query"]):
+        cut = 1 - m["cost_per_query"] / ref_cost if ref_cost else 0.0
+        rows.append(
+            f"| {name}{' (ref)' if name == ref else ''} | {m['decomposer']} | {m['accuracy']:.3f} | "
+            f"{m['cost_per_query']:.3g} | {m['reward']:.3f} | {m['latency_per_query']:.4f} | "
+            f"{m['calls_per_query']:.2f} | {-cut:+.1%} | {results['aiq'].get(name, float('nan')):.3f} |")
+    return "\n".join(rows)

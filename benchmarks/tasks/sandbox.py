@@ -1,0 +1,244 @@
+"""Run untrusted Python (model-written code) in a subprocess: `run_python(code, timeout_s, memory_mb)`.
+
+Layers, each cheap, none alone a security boundary:
+
+- a fresh interpreter, `sys.executable -I -B` (no PYTHON* variables, no user site, no cwd on the path,
+  no bytecode writes), with an empty environment and stdin from /dev/null, in its own session (process
+  group) and its own temporary working directory;
+- resource limits set by the child on itself before any untrusted line runs: CPU seconds, address space
+  (memory), file size, open files, no core dumps, and RLIMIT_NPROC 0 (no new processes; the kernel does
+  not apply this one to root, which the audit hook below covers);
+- a network namespace of its own (`unshare(CLONE_NEWUSER | CLONE_NEWNET)`, or `CLONE_NEWNET` alone)
+  where the kernel allows it: no interfaces but a down loopback, so no network at all;
+- a PEP 578 audit hook (cannot be removed once added) that refuses: opening for writing, creating,
+  deleting, renaming, linking or changing the mode/owner/times of anything outside the working
+  directory; every socket operation; fork/exec/spawn/system/subprocess; signalling other processes;
+  and ctypes (which could undo the rest);
+- a wall-clock deadline enforced by the parent, which kills the whole process group.
+
+Output goes to files outside the working directory (bounded by the file-size limit) and at most
+`max_output_bytes` of each is read back. The verdict is a `SandboxResult`:
+
+- `ok`: exit status 0;
+- `error`: a Python exception or a non-zero exit (`reason` is the exception's last traceback line;
+  sandbox refusals are `PermissionError: sandbox: ...`);
+- `timeout`: the wall-clock deadline or the CPU-time limit;
+- `crash`: out of memory (MemoryError, or killed) or killed by a signal.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EXIT_MEMORY = 86  # the child's exit status after a MemoryError
+
+_BOOT = r"""
+import json, os, resource, sys
+
+
+def _boot(main_path, work, cfg):
+    # Everything lives in this function's scope, so the script's `import __main__` finds nothing here.
+    work = os.path.realpath(work)
+
+    def limit(res, soft, hard=None):
+        hard = soft if hard is None else hard
+        try:
+            cur_hard = resource.getrlimit(res)[1]
+            if cur_hard != resource.RLIM_INFINITY:
+                soft, hard = min(soft, cur_hard), min(hard, cur_hard)
+            resource.setrlimit(res, (soft, hard))
+        except (ValueError, OSError):
+            pass
+
+    def unshare_network():
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            for flags in (0x10000000 | 0x40000000, 0x40000000):  # CLONE_NEWUSER | CLONE_NEWNET; CLONE_NEWNET
+                if libc.unshare(flags) == 0:
+                    return True
+        except Exception:
+            pass
+        return False
+
+    netns = unshare_network()
+    for name in [m for m in sys.modules if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
+        del sys.modules[name]
+    with open(main_path, encoding="utf-8") as f:
+        source = f.read()
+    with open(cfg["info_path"], "w") as f:
+        json.dump({"netns": netns}, f)
+
+    limit(resource.RLIMIT_CORE, 0)
+    limit(resource.RLIMIT_CPU, cfg["cpu_s"], cfg["cpu_s"] + 1)  # SIGXCPU, then SIGKILL a second later
+    limit(resource.RLIMIT_AS, cfg["memory_bytes"])
+    limit(resource.RLIMIT_FSIZE, cfg["file_size_bytes"])
+    limit(resource.RLIMIT_NOFILE, 64)
+    limit(resource.RLIMIT_NPROC, 0)
+
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    allowed = frozenset({"/dev/null"})
+    deny_prefixes = ("socket.", "ctypes.", "subprocess.", "os.exec", "os.spawn", "os.posix_spawn", "pty.")
+    deny = frozenset({"os.fork", "os.forkpty", "os.system", "os.startfile", "os.killpg", "webbrowser.open"})
+    path_args = {  # event -> indices of its path arguments, which must lie inside the working directory
+        "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.link": (0, 1),
+        "os.symlink": (1,), "os.truncate": (0,), "os.chmod": (0,), "os.chown": (0,), "os.utime": (0,),
+        "os.chflags": (0,), "os.lchflags": (0,), "os.setxattr": (0,), "os.removexattr": (0,),
+        "shutil.rmtree": (0,), "shutil.copyfile": (1,), "shutil.copytree": (1,), "shutil.move": (1,),
+    }
+    realpath, fsdecode, sep, getpid = os.path.realpath, os.fsdecode, os.sep, os.getpid
+
+    def inside(path):
+        if isinstance(path, int):
+            return True  # an already open descriptor
+        try:
+            p = realpath(fsdecode(path))
+        except Exception:
+            return False
+        return p == work or p.startswith(work + sep) or p in allowed
+
+    def refuse(what):
+        raise PermissionError("sandbox: " + what)
+
+    def hook(event, args):
+        if event == "open":
+            path, mode, flags = args
+            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or \
+                (isinstance(flags, int) and flags & write_flags)
+            if writing and not inside(path):
+                refuse("writing outside the working directory is not allowed: " + repr(path))
+        elif event in path_args:
+            for i in path_args[event]:
+                if i < len(args) and not inside(args[i]):
+                    refuse(event + " outside the working directory is not allowed: " + repr(args[i]))
+            if event.startswith("os.") and isinstance(args[-1], int) and args[-1] != -1 and \
+                    not isinstance(args[0], int):
+                refuse(event + " with dir_fd is not allowed")
+        elif event in deny or event.startswith(deny_prefixes):
+            refuse(event + " is not allowed")
+        elif event == "os.kill" and args and args[0] not in (0, getpid()):
+            refuse("signalling other processes is not allowed")
+
+    sys.addaudithook(hook)
+    sys.dont_write_bytecode = True
+    sys.argv = ["main.py"]
+    code = compile(source, "main.py", "exec")
+    try:
+        exec(code, {"__name__": "__main__", "__file__": "main.py", "__builtins__": __builtins__})
+    except MemoryError:
+        try:
+            os.write(2, b"MemoryError\n")
+        finally:
+            os._exit(EXIT_MEMORY)
+    except SystemExit:
+        raise
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        sys.exit(1)
+
+
+_boot(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))
+""".replace("EXIT_MEMORY", str(EXIT_MEMORY))
+
+
+@dataclass
+class SandboxResult:
+    status: str  # "ok" | "error" | "timeout" | "crash"
+    reason: str
+    returncode: int | None
+    stdout: str
+    stderr: str
+    wall_s: float
+    files: dict[str, str] = field(default_factory=dict)  # `read_files` found in the working directory
+    network_isolated: bool = False  # whether the child ran in a network namespace of its own
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def _read(path: Path, limit: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else ""
+
+
+def run_python(code: str, timeout_s: float = 10.0, memory_mb: int = 1024, *,
+               files: dict[str, str] | None = None, read_files: Iterable[str] = (),
+               file_size_mb: int = 16, max_output_bytes: int = 1 << 20) -> SandboxResult:
+    """Run `code` as a script in the sandbox (see the module docstring). `files` are written into the
+    working directory first; `read_files` (names relative to it) are read back into `result.files`."""
+    base = Path(tempfile.mkdtemp(prefix="r2r-sandbox-"))
+    try:
+        work = base / "work"
+        work.mkdir(mode=0o700)
+        for name, content in (files or {}).items():
+            target = (work / name).resolve()
+            if work.resolve() not in target.parents:
+                raise ValueError(f"sandbox: file {name!r} would lie outside the working directory")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content, encoding="utf-8")
+        (base / "main.py").write_text(code, encoding="utf-8")
+        (base / "boot.py").write_text(_BOOT, encoding="utf-8")
+        cpu_s = max(1, math.ceil(timeout_s))
+        cfg = {"cpu_s": cpu_s, "memory_bytes": int(memory_mb) * 2**20,
+               "file_size_bytes": int(file_size_mb) * 2**20, "info_path": str(base / "info.json")}
+        cmd = [sys.executable, "-I", "-B", str(base / "boot.py"), str(base / "main.py"), str(work), json.dumps(cfg)]
+        killed = False
+        start = time.monotonic()
+        with open(base / "stdout", "wb") as out, open(base / "stderr", "wb") as err:
+            proc = subprocess.Popen(cmd, cwd=work, env={}, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    start_new_session=True, close_fds=True)
+            try:
+                rc = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                killed = True
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    proc.kill()
+                rc = proc.wait()
+        wall = time.monotonic() - start
+        stdout, stderr = _read(base / "stdout", max_output_bytes), _read(base / "stderr", max_output_bytes)
+        try:
+            info = json.loads((base / "info.json").read_text())
+        except (OSError, ValueError):
+            info = {}
+        read_back = {}
+        for name in read_files:
+            p = work / name
+            if p.is_file():
+                read_back[name] = _read(p, max_output_bytes)
+        if killed:
+            status, reason = "timeout", f"wall-clock limit of {timeout_s:g}s"
+        elif rc == 0:
+            status, reason = "ok", ""
+        elif rc == -signal.SIGXCPU or (rc == -signal.SIGKILL and wall >= cpu_s):
+            status, reason = "timeout", f"CPU time limit of {cpu_s}s"
+        elif rc == EXIT_MEMORY:
+            status, reason = "crash", f"memory limit of {memory_mb} MB (MemoryError)"
+        elif rc < 0:
+            status, reason = "crash", f"killed by {signal.Signals(-rc).name}"
+        else:
+            status, reason = "error", _last_line(stderr) or f"exit status {rc}"
+        return SandboxResult(status, reason, rc, stdout, stderr, wall, read_back, bool(info.get("netns")))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

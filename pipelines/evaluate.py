@@ -1,0 +1,154 @@
+"""Evaluate routing methods on the test split over the Ray pool.
+
+    python -m pipelines.evaluate --config configs/tiny.yaml [--methods all:* cascade ...] [--limit N]
+
+Writes `<run_dir>/eval/results.json`:
+`{"reference": "all:<largest>", "methods": {name: {accuracy, cost_per_query, reward, latency_per_query,
+calls_per_query, n, decomposer, tasks: {...}, curve}}, "aiq": {name: value}, ...}`, the Pareto plot
+`pareto.png`, and a markdown table on stdout (and a W&B table when W&B is enabled).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from pipelines.config import Config, add_config_args, config_from_args
+
+
+def metrics(trajs, cost_ref: dict[str, float], cfg: Config) -> dict:
+    from pipelines.reward import reward
+
+    n = len(trajs)
+    rewards = [reward(t.correct, t.cost_usd, t.format_ok, cfg.reward.lam, cfg.reward.beta,
+                      cfg.reward.cost_ref or cost_ref[t.task]) for t in trajs]
+    return {
+        "accuracy": sum(t.correct for t in trajs) / n,
+        "cost_per_query": sum(t.cost_usd for t in trajs) / n,
+        "reward": sum(rewards) / n,
+        "latency_per_query": sum(t.latency_s for t in trajs) / n,
+        "calls_per_query": sum(len(t.calls) for t in trajs) / n,
+        "escalations_per_query": sum(t.summary()["escalations"] for t in trajs) / n,
+        "format_ok": sum(t.format_ok for t in trajs) / n,
+        "n": n,
+    }
+
+
+def evaluate(cfg: Config, method_names: list[str], limit: int, out_dir: Path, console, routers: dict | None = None) -> dict:
+    import ray
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from actors.pool import start_pool
+    from actors.runtime import init_ray
+    from benchmarks import report
+    from benchmarks.baselines import Context, TaskRouter, expand, make_method
+    from pipelines.zoo import build_world
+
+    init_ray()
+    pool = start_pool(cfg)
+    model_ids = ray.get(pool.model_ids.remote())
+    world = build_world(cfg)
+    tasks = {name: getattr(world, name) for name in cfg.eval.tasks}
+    tests = {name: t.load("test")[:limit] for name, t in tasks.items()}
+    ctx = Context(pool, model_ids, cfg.reason, cfg.seed)
+    reference = f"all:{model_ids[-1]}"
+    names = expand(method_names, model_ids)
+    names = [reference] + [n for n in names if n != reference]
+    methods = {n: make_method(n, ctx) for n in names}
+    methods.update(routers or {})
+    for m in methods.values():
+        if isinstance(m, TaskRouter):
+            m.train = {name: t.load("train")[: cfg.eval.task_router_train] for name, t in tasks.items()}
+    sweeps = {n: [m.with_knob(v) for v in cfg.eval.sweep_tau] for n, m in methods.items() if m.knob}
+
+    results: dict = {"reference": None, "methods": {}, "aiq": {}, "config": cfg.name,
+                     "tasks": {k: len(v) for k, v in tests.items()},
+                     "prices": "tiny pool priced on the paper pool's price ladder (USD per 1M tokens)"}
+    cost_ref: dict[str, float] = {}
+    columns = [TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    runs = len(methods) * len(tests) + sum(len(s) for s in sweeps.values()) * len(tests)
+    start = time.perf_counter()
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("evaluate", total=runs)
+
+        def run_all(method) -> list:
+            trajs = []
+            for tname, exs in tests.items():
+                progress.update(bar, description=f"{method.name} on {tname}")
+                trajs += asyncio.run(method.run(exs, tasks[tname], ctx))
+                progress.advance(bar)
+            return trajs
+
+        for name, method in methods.items():
+            trajs = run_all(method)
+            if name == reference:
+                for tname in tests:
+                    own = [t for t in trajs if t.task == tname]
+                    cost_ref[tname] = sum(t.cost_usd for t in own) / len(own)
+            m = metrics(trajs, cost_ref, cfg)
+            m["decomposer"] = trajs[0].decomposer if trajs else "-"
+            m["tasks"] = {tname: metrics([t for t in trajs if t.task == tname], cost_ref, cfg) for tname in tests}
+            m["curve"] = [(m["cost_per_query"], m["accuracy"])]
+            for variant in sweeps.get(name, []):
+                vm = metrics(run_all(variant), cost_ref, cfg)
+                m["curve"].append((vm["cost_per_query"], vm["accuracy"]))
+            results["methods"][name] = m
+    results["reference"] = reference
+    results["cost_ref_per_task"] = cost_ref
+    results["wall_seconds"] = round(time.perf_counter() - start, 1)
+    costs = [c for m in results["methods"].values() for c, _ in m["curve"]]
+    lo, hi = min(costs), max(costs)
+    ref = results["methods"][reference]
+    for name, m in results["methods"].items():
+        results["aiq"][name] = report.aiq(m["curve"], lo, hi)
+        match = report.cost_at_accuracy(m["curve"], ref["accuracy"] - 0.01)
+        m["cost_cut_at_matched_accuracy"] = None if match is None else 1 - match / ref["cost_per_query"]
+        m["cost_cut_vs_reference"] = 1 - m["cost_per_query"] / ref["cost_per_query"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    report.pareto_png(results["methods"], reference, out_dir / "pareto.png",
+                      f"{cfg.name}: {sum(results['tasks'].values())} test queries ({', '.join(tests)}); "
+                      f"reference {reference}")
+    _log_wandb(cfg, results)
+    return results
+
+
+def _log_wandb(cfg: Config, results: dict) -> None:
+    if cfg.wandb.mode == "disabled":
+        return
+    import wandb
+
+    run = wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode, dir=cfg.run_dir, job_type="evaluate",
+                     config={"config": cfg.name})
+    cols = ["method", "decomposer", "accuracy", "cost_per_query", "reward", "latency_per_query", "calls_per_query", "aiq"]
+    table = wandb.Table(columns=cols)
+    for name, m in results["methods"].items():
+        table.add_data(name, m["decomposer"], m["accuracy"], m["cost_per_query"], m["reward"],
+                       m["latency_per_query"], m["calls_per_query"], results["aiq"][name])
+    run.log({"eval/results": table})
+    run.finish()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from benchmarks.report import markdown_table
+    from pipelines.zoo import console as make_console
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    parser.add_argument("--methods", nargs="+", help="methods to run (default: eval.methods in the config)")
+    parser.add_argument("--limit", type=int, help="test queries per task (default: eval.limit)")
+    parser.add_argument("--out", help="output folder (default: <run_dir>/eval)")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    console = make_console()
+    out = Path(args.out) if args.out else Path(cfg.run_dir) / "eval"
+    results = evaluate(cfg, args.methods or cfg.eval.methods, args.limit or cfg.eval.limit, out, console)
+    console.print(markdown_table(results), markup=False)
+    console.print(f"results: {out / 'results.json'}  plot: {out / 'pareto.png'}  ({results['wall_seconds']}s)")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""The R2 chain, the only implementation of it: decompose -> allocate -> run each step in order on
+its model (seeing earlier answers) -> procedural review (escalate low-confidence steps one tier up)
+-> final answer -> score. Evaluation, rollouts and serving all call `reason` / `reason_batch`.
+
+A batch of queries advances in lockstep, one step index at a time, so that the router's policies run
+batched and the pool's servers micro-batch the concurrent calls of a wave.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from actors.backends import Completion, SamplingParams
+from benchmarks.tasks.base import Example, Task
+from pipelines.config import ReasonConfig
+from policies.router import AllocateDecision, DecomposeDecision, Router
+
+
+def step_confidence(logprobs: list[float], alpha: float) -> float:
+    """The alpha-quantile of a step's token probabilities (0 when nothing was generated)."""
+    return float(np.quantile(np.exp(logprobs), alpha)) if logprobs else 0.0
+
+
+@dataclass
+class Call:
+    model_id: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    cost_usd: float
+    confidence: float
+
+
+@dataclass
+class StepRecord:
+    text: str  # the decomposer's step, possibly referring to earlier answers (#1, ...)
+    prompt: str  # what the pool model was asked
+    allocation: AllocateDecision
+    calls: list[Call] = field(default_factory=list)  # the allocated call, then any escalations
+
+    @property
+    def answer(self) -> str:
+        return self.calls[-1].text if self.calls else ""
+
+    @property
+    def model_id(self) -> str:
+        return self.calls[-1].model_id if self.calls else ""
+
+    @property
+    def confidence(self) -> float:
+        return self.calls[-1].confidence if self.calls else 0.0
+
+
+@dataclass
+class Trajectory:
+    example_id: str
+    task: str
+    query: str
+    gold: str
+    router: str
+    decomposer: str
+    decomposition: DecomposeDecision
+    steps: list[StepRecord] = field(default_factory=list)
+    answer: str = ""
+    correct: float = 0.0
+
+    @property
+    def calls(self) -> list[Call]:
+        return [c for s in self.steps for c in s.calls]
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(c.cost_usd for c in self.calls)
+
+    @property
+    def latency_s(self) -> float:  # steps run one after another
+        return sum(c.latency_s for c in self.calls)
+
+    @property
+    def format_ok(self) -> bool:
+        return self.decomposition.decomposition.format_ok
+
+    def summary(self) -> dict:
+        return {"id": self.example_id, "correct": self.correct, "cost_usd": self.cost_usd,
+                "latency_s": self.latency_s, "calls": len(self.calls), "format_ok": self.format_ok,
+                "steps": len(self.steps), "escalations": sum(len(s.calls) - 1 for s in self.steps)}
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), **self.summary()}
+
+
+def _call(c: Completion, alpha: float) -> Call:
+    return Call(c.model_id, c.text, c.usage.prompt_tokens, c.usage.completion_tokens, c.latency_s, c.cost_usd,
+                step_confidence(c.token_logprobs, alpha))
+
+
+async def areason_batch(examples: list[Example], router: Router, pool, task: Task, cfg: ReasonConfig,
+                        model_ids: list[str], review: bool = True) -> list[Trajectory]:
+    """Run the chain on every example. `model_ids` are the pool's models, cheapest tier first."""
+    decisions = router.decompose(examples, task)
+    trajs = [Trajectory(ex.id, ex.task, ex.query, ex.answer, router.name, router.decomposer_name, d)
+             for ex, d in zip(examples, decisions)]
+    plans = [d.decomposition.steps[: cfg.max_steps] or [ex.query] for ex, d in zip(examples, decisions)]
+    params = SamplingParams(max_new_tokens=task.step_max_tokens)
+    top = len(model_ids) - 1
+    for k in range(max(len(p) for p in plans)):
+        active = [i for i, p in enumerate(plans) if k < len(p)]
+        prompts = [task.step_prompt(examples[i], plans[i][k], [s.answer for s in trajs[i].steps]) for i in active]
+        allocs = router.allocate(prompts, [examples[i] for i in active], len(model_ids))
+        records = [StepRecord(plans[i][k], p, a) for i, p, a in zip(active, prompts, allocs)]
+        tiers = [min(max(a.tier, 0), top) for a in allocs]
+        pending = list(range(len(active)))
+        for attempt in range(cfg.max_escalations + 1 if review else 1):
+            outs = await asyncio.gather(*(
+                pool.generate.remote(model_ids[tiers[j]], [records[j].prompt], params) for j in pending))
+            for j, [out] in zip(pending, outs):
+                records[j].calls.append(_call(out, cfg.alpha))
+            # procedural review: escalate low-confidence steps one tier up
+            pending = [j for j in pending if records[j].confidence < cfg.tau and tiers[j] < top]
+            if not pending or attempt == cfg.max_escalations:
+                break
+            for j in pending:
+                tiers[j] = top if cfg.escalation == "top" else tiers[j] + 1
+        for i, rec in zip(active, records):
+            trajs[i].steps.append(rec)
+    for ex, t in zip(examples, trajs):
+        t.answer = task.final_answer(ex, [s.answer for s in t.steps])
+        t.correct = task.score(t.answer, ex)
+    return trajs
+
+
+def reason_batch(examples, router, pool, task, cfg, model_ids, review: bool = True) -> list[Trajectory]:
+    return asyncio.run(areason_batch(examples, router, pool, task, cfg, model_ids, review))
+
+
+def reason(example: Example, router: Router, pool, task: Task, cfg: ReasonConfig, model_ids: list[str]) -> Trajectory:
+    """The chain on one query."""
+    return reason_batch([example], router, pool, task, cfg, model_ids)[0]

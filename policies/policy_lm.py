@@ -1,0 +1,128 @@
+"""`PolicyLM`: a transformers causal LM as a router policy: sample completions with their per-token
+logprobs (optionally restricted to allowed tokens), score given completions (for GRPO), save and load.
+Tiny policies are built from the tiny world's tokenizer; at scale any HF folder or id (e.g. a Qwen2.5
+instruct model) loads the same way, with optional LoRA adapters (peft)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class Sample:
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]  # the sampling distribution's logprobs of the sampled tokens
+
+
+class PolicyLM:
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, lora: dict | None = None) -> "PolicyLM":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        if lora:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+        return cls(model, AutoTokenizer.from_pretrained(str(path)))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(path))
+        self.tokenizer.save_pretrained(str(path))
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    def encode(self, prompts: list[str]) -> dict:
+        return self.tokenizer(prompts, return_tensors="pt", padding=True)
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
+               allowed: list[int] | None = None, generator: torch.Generator | None = None) -> list[Sample]:
+        """One completion per prompt, decoded token by token with a KV cache; temperature 0 = greedy.
+        `allowed` restricts every generated token to those ids (plus nothing else, not even EOS)."""
+        self.model.eval()
+        enc = self.encode(prompts)
+        ids, mask = enc.input_ids, enc.attention_mask
+        n = ids.shape[0]
+        done = torch.zeros(n, dtype=torch.bool)
+        out_ids: list[list[int]] = [[] for _ in range(n)]
+        out_lp: list[list[float]] = [[] for _ in range(n)]
+        past, pos = None, (mask.cumsum(-1) - 1).clamp(min=0)
+        step_ids = ids
+        for _ in range(max_new_tokens):
+            res = self.model(input_ids=step_ids, attention_mask=mask, position_ids=pos, past_key_values=past,
+                             use_cache=True)
+            past = res.past_key_values
+            logits = res.logits[:, -1, :].float()
+            if allowed is not None:
+                keep = torch.full_like(logits, float("-inf"))
+                keep[:, allowed] = 0.0
+                logits = logits + keep
+            if temperature > 0:
+                logp = (logits / temperature).log_softmax(-1)
+                tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+            else:
+                logp = logits.log_softmax(-1)
+                tok = logp.argmax(-1)
+            lp = logp.gather(-1, tok[:, None]).squeeze(-1)
+            for i in range(n):
+                if not done[i]:
+                    out_ids[i].append(int(tok[i]))
+                    out_lp[i].append(float(lp[i]))
+            done |= tok == self.eos_id
+            if allowed is None and bool(done.all()):
+                break
+            step_ids = tok[:, None]
+            mask = torch.cat([mask, torch.ones(n, 1, dtype=mask.dtype)], dim=1)
+            pos = pos[:, -1:] + 1
+        return [
+            Sample(self.tokenizer.decode([t for t in ids_ if t != self.eos_id], skip_special_tokens=True).strip(),
+                   ids_, lps)
+            for ids_, lps in zip(out_ids, out_lp)
+        ]
+
+    def next_token_logits(self, prompts: list[str]) -> torch.Tensor:
+        """Logits of the first token after each prompt, shape [len(prompts), vocab]."""
+        enc = self.encode(prompts)
+        pos = (enc.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, position_ids=pos)
+        return out.logits[:, -1, :].float()
+
+    def token_logprobs(self, prompts: list[str], completions: list[list[int]],
+                       temperature: float = 1.0, allowed: list[int] | None = None) -> list[torch.Tensor]:
+        """Differentiable logprobs of the given completion tokens after each prompt (the quantity the
+        GRPO ratio and KL use), under the same temperature / restriction the sampler used."""
+        enc = self.encode(prompts)
+        width = max(len(c) for c in completions)
+        pad = self.tokenizer.pad_token_id
+        comp = torch.full((len(prompts), width), pad, dtype=torch.long)
+        comp_mask = torch.zeros_like(comp)
+        for i, c in enumerate(completions):
+            comp[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+            comp_mask[i, : len(c)] = 1
+        ids = torch.cat([enc.input_ids, comp], dim=1)
+        mask = torch.cat([enc.attention_mask, comp_mask], dim=1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
+        p = enc.input_ids.shape[1]
+        logits = logits[:, p - 1: p - 1 + width, :]
+        if allowed is not None:
+            keep = torch.full((logits.shape[-1],), float("-inf"))
+            keep[allowed] = 0.0
+            logits = logits + keep
+        if temperature > 0:
+            logits = logits / temperature
+        lp = logits.log_softmax(-1).gather(-1, comp[..., None]).squeeze(-1)
+        return [lp[i, : len(c)] for i, c in enumerate(completions)]
