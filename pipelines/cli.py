@@ -7,6 +7,8 @@ import sys
 COMMANDS = {
     "zoo": ("pipelines.zoo", "train the tiny model zoo and print its card"),
     "demo": ("pipelines.demo", "the main job on the embedded tiny world"),
+    "evaluate": ("pipelines.evaluate", "routing methods on the test split: results.json, pareto.png"),
+    "route": ("pipelines.route", "route one query through the chain and show every decision"),
     "serve": ("pipelines.serve", "OpenAI-compatible endpoints (`r2r serve pool`)"),
 }
 

@@ -158,6 +158,18 @@ class EvalConfig(Strict):
     task_router_train: int = Field(400, ge=1)  # train queries per task labelled for the task-router
 
 
+class RouterConfig(Strict):
+    """Which router `route`, `serve router` and evaluation use. A trained router lives in `path`
+    (`decomposer/` and `allocator/` HF folders); without one, untrained policies start from the zoo
+    checkpoint `init`, and `decomposer: gold` keeps the task's own decomposition."""
+
+    path: str | None = None
+    init: str | None = None  # zoo model name (default: the smallest)
+    templates: Literal["tiny", "chat"] = "tiny"
+    decomposer: Literal["policy", "gold"] = "gold"
+    temperature: float = Field(0.0, ge=0)
+
+
 class ServeConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -177,6 +189,7 @@ class Config(Strict):
     pool: PoolConfig = PoolConfig()
     reason: ReasonConfig = ReasonConfig()
     reward: RewardConfig = RewardConfig()
+    router: RouterConfig = RouterConfig()
     eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()
     wandb: WandbConfig = WandbConfig()

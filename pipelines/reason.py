@@ -126,6 +126,15 @@ async def areason_batch(examples: list[Example], router: Router, pool, task: Tas
                 tiers[j] = top if cfg.escalation == "top" else tiers[j] + 1
         for i, rec in zip(active, records):
             trajs[i].steps.append(rec)
+    # tasks whose answer needs a final call make it on the model of the chain's last step
+    finals = [(i, task.final_prompt(ex, [s.prompt for s in t.steps], [s.answer for s in t.steps]))
+              for i, (ex, t) in enumerate(zip(examples, trajs))]
+    finals = [(i, p) for i, p in finals if p is not None]
+    outs = await asyncio.gather(*(pool.generate.remote(trajs[i].steps[-1].model_id, [p], params) for i, p in finals))
+    for (i, p), [out] in zip(finals, outs):
+        t = trajs[i]
+        t.steps.append(StepRecord("final answer", p, AllocateDecision(t.steps[-1].allocation.tier),
+                                  [_call(out, cfg.alpha)]))
     for ex, t in zip(examples, trajs):
         t.answer = task.final_answer(ex, [s.answer for s in t.steps])
         t.correct = task.score(t.answer, ex)

@@ -70,7 +70,7 @@ class PolicyLM:
                 keep = torch.full_like(logits, float("-inf"))
                 keep[:, allowed] = 0.0
                 logits = logits + keep
-            if temperature > 0:
+            if temperature >= 1e-3:
                 logp = (logits / temperature).log_softmax(-1)
                 tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
             else:
@@ -92,13 +92,6 @@ class PolicyLM:
                    ids_, lps)
             for ids_, lps in zip(out_ids, out_lp)
         ]
-
-    def next_token_logits(self, prompts: list[str]) -> torch.Tensor:
-        """Logits of the first token after each prompt, shape [len(prompts), vocab]."""
-        enc = self.encode(prompts)
-        pos = (enc.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, position_ids=pos)
-        return out.logits[:, -1, :].float()
 
     def token_logprobs(self, prompts: list[str], completions: list[list[int]],
                        temperature: float = 1.0, allowed: list[int] | None = None) -> list[torch.Tensor]:

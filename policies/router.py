@@ -60,44 +60,95 @@ class WholeQuery:
         return [DecomposeDecision(Decomposition([ex.query], True)) for ex in examples]
 
 
-def decompose_prompt(query: str) -> str:
-    return format_prompt(f"decompose {query}")
+class TinyTemplates:
+    """Prompts of the tiny world's router: `decompose <query> =` -> `step | step`, and
+    `allocate <step> =` -> one tier token `<mK>` (tier K of the pool, cheapest = 0)."""
+
+    def decompose_prompt(self, query: str, tokenizer) -> str:
+        return format_prompt(f"decompose {query}")
+
+    def allocate_prompt(self, step_text: str, model_ids: list[str], tokenizer) -> str:
+        return format_prompt(f"allocate {step_text}")
+
+    def candidates(self, model_ids: list[str], tokenizer) -> list[list[int]]:
+        return [[i] for i in tokenizer.convert_tokens_to_ids(MODEL_SLOTS[: len(model_ids)])]
 
 
-def allocate_prompt(step_text: str) -> str:
-    return format_prompt(f"allocate {step_text}")
+class ChatTemplates:
+    """Natural-language prompts for instruct LMs (chat template when the tokenizer has one); the
+    allocator's candidates are the pool's model ids, written after the prompt."""
+
+    decompose_instruction = (
+        "Break the question into 2 to 4 short, ordered sub-questions that lead to its answer. "
+        "Write one per line as 'step 1: ...', 'step 2: ...'. Do not answer them.\n\nQuestion: {query}")
+    allocate_instruction = (
+        "Models, from cheapest and weakest to most expensive and strongest: {models}.\n"
+        "Which model should answer this sub-question? Reply with the model name only.\n\nSub-question: {step}")
+
+    def _chat(self, text: str, tokenizer) -> str:
+        if getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                 add_generation_prompt=True)
+        return text + "\n"
+
+    def decompose_prompt(self, query: str, tokenizer) -> str:
+        return self._chat(self.decompose_instruction.format(query=query), tokenizer) + "step 1:"
+
+    def allocate_prompt(self, step_text: str, model_ids: list[str], tokenizer) -> str:
+        return self._chat(self.allocate_instruction.format(models=", ".join(model_ids), step=step_text), tokenizer)
+
+    def candidates(self, model_ids: list[str], tokenizer) -> list[list[int]]:
+        return [tokenizer.encode(m, add_special_tokens=False) + [tokenizer.eos_token_id] for m in model_ids]
+
+
+TEMPLATES = {"tiny": TinyTemplates, "chat": ChatTemplates}
+MIN_TEMPERATURE = 1e-3
 
 
 class PolicyRouter(Router):
-    """R2's router on the tiny world: both policies are tiny LMs sharing the zoo's vocabulary. The
-    allocator's output is restricted to the pool's tier tokens, so it can only name a pool model."""
+    """R2's router: a decomposer and an allocator `PolicyLM`. The allocator scores every pool model's
+    candidate continuation and samples from the softmax over them, so it can only name a pool model."""
 
     name = "r2"
 
-    def __init__(self, decomposer: PolicyLM | None, allocator: PolicyLM, temperature: float = 0.0,
-                 max_steps: int = 6, max_tokens: int = 24, seed: int = 0, label: str = "policy"):
-        self.decomposer, self.allocator = decomposer, allocator
-        self.temperature, self.max_steps, self.max_tokens = temperature, max_steps, max_tokens
+    def __init__(self, decomposer: PolicyLM | None, allocator: PolicyLM, model_ids: list[str],
+                 templates: str = "tiny", temperature: float = 0.0, max_steps: int = 6, max_tokens: int = 24,
+                 seed: int = 0, label: str = "policy"):
+        self.decomposer, self.allocator, self.model_ids = decomposer, allocator, model_ids
+        self.templates = TEMPLATES[templates]()
+        # temperatures this close to 0 decode greedily (dividing by them overflows)
+        self.temperature = temperature if temperature >= MIN_TEMPERATURE else 0.0
+        self.max_steps, self.max_tokens = max_steps, max_tokens
         self.generator = torch.Generator().manual_seed(seed)
         self.decomposer_name = label if decomposer is not None else "gold"
         self._gold = GoldDecomposition()
+        self._prefix = "step 1:" if templates == "chat" else ""
 
     def decompose(self, examples: list[Example], task: Task) -> list[DecomposeDecision]:
         if self.decomposer is None:
             return self._gold.decompose(examples, task)
-        prompts = [decompose_prompt(ex.query) for ex in examples]
+        tok = self.decomposer.tokenizer
+        prompts = [self.templates.decompose_prompt(ex.query, tok) for ex in examples]
         samples = self.decomposer.sample(prompts, self.max_tokens, self.temperature, generator=self.generator)
-        return [DecomposeDecision(parse_decomposition(s.text, self.max_steps), p, s) for p, s in zip(prompts, samples)]
+        return [DecomposeDecision(parse_decomposition(self._prefix + s.text, self.max_steps), p, s)
+                for p, s in zip(prompts, samples)]
 
-    def tier_ids(self, n_tiers: int) -> list[int]:
-        return self.allocator.tokenizer.convert_tokens_to_ids(MODEL_SLOTS[:n_tiers])
+    def tier_logprobs(self, prompts: list[str], n_tiers: int) -> torch.Tensor:
+        """[len(prompts), n_tiers] log-softmax over the tiers' candidate scores (differentiable)."""
+        cands = self.templates.candidates(self.model_ids[:n_tiers], self.allocator.tokenizer)
+        flat_prompts = [p for p in prompts for _ in cands]
+        flat_cands = [c for _ in prompts for c in cands]
+        lps = self.allocator.token_logprobs(flat_prompts, flat_cands)
+        scores = torch.stack([lp.sum() for lp in lps]).view(len(prompts), len(cands))
+        if self.temperature > 0:
+            scores = scores / self.temperature
+        return scores.log_softmax(-1)
 
     def allocate(self, step_texts: list[str], examples: list[Example], n_tiers: int) -> list[AllocateDecision]:
-        prompts = [allocate_prompt(t) for t in step_texts]
-        allowed = self.tier_ids(n_tiers)
+        tok = self.allocator.tokenizer
+        prompts = [self.templates.allocate_prompt(t, self.model_ids[:n_tiers], tok) for t in step_texts]
         with torch.no_grad():
-            logits = self.allocator.next_token_logits(prompts)[:, allowed]
-        logp = (logits / max(self.temperature, 1e-6) if self.temperature > 0 else logits).log_softmax(-1)
+            logp = self.tier_logprobs(prompts, n_tiers)
         if self.temperature > 0:
             tiers = torch.multinomial(logp.exp(), 1, generator=self.generator).squeeze(-1).tolist()
         else:

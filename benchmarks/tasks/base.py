@@ -55,6 +55,11 @@ class Task(abc.ABC):
     def score(self, prediction: str, example: Example) -> float:
         """1.0 for a correct prediction, 0.0 for a wrong one (fractional where the metric is)."""
 
+    def parse_query(self, query: str) -> Example | None:
+        """An example (gold answer and decomposition) for a free-form query of this task, where the
+        task can derive them (the tiny world's tasks can); None otherwise."""
+        return None
+
     def gold_step_prompt(self, example: Example, i: int, earlier: list[str]) -> str:
         """Step i of the gold decomposition with the chain's own earlier answers filled in."""
         return render_step(example.steps[i].prompt, earlier)
@@ -65,6 +70,11 @@ class Task(abc.ABC):
         from policies.tiny_lm import format_prompt
 
         return format_prompt(render_step(step_text, earlier))
+
+    def final_prompt(self, example: Example, steps: list[str], answers: list[str]) -> str | None:
+        """The prompt of a final call that answers the query from the steps' answers, or None when
+        the answer follows from the step answers directly (`final_answer`)."""
+        return None
 
     def final_answer(self, example: Example, step_answers: list[str]) -> str:
         """The query's answer from its step answers (default: the last step's)."""

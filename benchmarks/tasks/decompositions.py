@@ -13,7 +13,8 @@ Coverage with the shared data (the decompositions files hold 200 problems each):
 different sample of MATH; the 194 others are still usable as SFT pairs, keyed by their problem text),
 scan 200 commands.
 
-Cleaning: steps are stripped of surrounding whitespace and of quotes wrapping the whole step; empty
+Cleaning: steps are stripped of surrounding whitespace and of quotes around the step (also a lone
+unbalanced quote at one end, and the trailing comma of a quoted list); empty
 steps (gaps in DoT's numbering) and the truncated prompt echo DoT's parser left in some first steps
 ("estion \\"...\\", we need to clarify/solve:", "... we need to:") are dropped. `order="written"` keeps GPT-4's order;
 `order="topological"` orders steps by the dependency edges (`int_edges`), ties in written order.
@@ -75,10 +76,15 @@ class Decomposition:
 
 
 def _clean(step: str) -> str:
+    """Whitespace, and quotes wrapping the step (GPT-4 sometimes wrote a quoted list, `"...",`) gone."""
     s = str(step).strip()
+    if s.endswith('",'):
+        s = s[:-1]
     if len(s) >= 2 and s[0] == s[-1] == '"':
-        s = s[1:-1].strip()
-    return s
+        s = s[1:-1]
+    elif s.count('"') % 2 == 1:  # one unbalanced quote at an end
+        s = s[1:] if s.startswith('"') else s[:-1] if s.endswith('"') else s
+    return s.strip()
 
 
 def _problem_text(task: str, text: str) -> str:

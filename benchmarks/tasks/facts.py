@@ -150,6 +150,16 @@ class FactsTask(Task):
         ex = [w.chain_example(str(i), r, s) for i, (r, s) in enumerate(chains)]
         return {"test": ex[:n_test], "train": ex[n_test:]}
 
+    def parse_query(self, query: str) -> Example | None:
+        """`rel_k of ... of rel_1 of entity` -> the chain's example (None when not of that form)."""
+        words = query.split()
+        if len(words) < 3 or len(words) % 2 == 0 or any(w != "of" for w in words[1::2]):
+            return None
+        *rels, subject = words[::2]
+        if subject not in self.world.rank or any(r not in self.world.relations for r in rels):
+            return None
+        return self.world.chain_example("query", list(reversed(rels)), subject)
+
     def load(self, split: str) -> list[Example]:
         if split not in ("train", "test"):
             raise ValueError(f"facts: unknown split {split!r} (train or test)")

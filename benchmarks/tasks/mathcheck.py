@@ -71,8 +71,7 @@ def final_answer_text(text: str) -> str:
     else:
         lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
         ans = lines[-1] if lines else ""
-    ans = ans.strip().strip("$").strip()
-    ans = re.sub(r"[.\s]+$", "", ans)
+    ans = re.sub(r"[.\s]+$", "", ans).strip("$").strip()
     return ans[:MAX_ANSWER_CHARS]
 
 

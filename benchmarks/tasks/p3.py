@@ -110,20 +110,22 @@ def solution_source(prediction: str, sol_header: str = "def sol():") -> str:
 
 
 def check_solution(sat: str, prediction: str, sol_header: str = "def sol():", ans_type: str = "",
-                   timeout_s: float = 10.0, memory_mb: int = 1024) -> P3Verdict:
-    """Run `prediction` and check its answer with `sat`, each in the sandbox. Never raises."""
+                   timeout_s: float = 10.0, memory_mb: int = 1024, answer_mb: int = 128) -> P3Verdict:
+    """Run `prediction` and check its answer with `sat`, each in the sandbox (`timeout_s`, `memory_mb`
+    each; the answer's repr may take up to `answer_mb`). Never raises."""
     try:
         program = PRELUDE + solution_source(prediction, sol_header) + _SOL_RUNNER.format(answer_file=ANSWER_FILE)
     except Exception as e:
         return P3Verdict("error", f"could not read the prediction: {type(e).__name__}", "sol")
-    first = run_python(program, timeout_s, memory_mb, read_files=[ANSWER_FILE])
+    first = run_python(program, timeout_s, memory_mb, read_files=[ANSWER_FILE], file_size_mb=answer_mb)
     if first.status != "ok":
         return P3Verdict(first.status, first.reason, "sol", first.wall_s)
     if ANSWER_FILE not in first.files:
         return P3Verdict("error", "the solution wrote no answer", "sol", first.wall_s)
     checker = PRELUDE + sat + "\n" + _SAT_RUNNER.format(answer_file=ANSWER_FILE, verdict=_VERDICT,
                                                         ans_type=ans_type)
-    second = run_python(checker, timeout_s, memory_mb, files={ANSWER_FILE: first.files[ANSWER_FILE]})
+    second = run_python(checker, timeout_s, memory_mb, files={ANSWER_FILE: first.files[ANSWER_FILE]},
+                        file_size_mb=answer_mb)
     wall = first.wall_s + second.wall_s
     if second.status != "ok":
         return P3Verdict(second.status, second.reason, "sat", wall)

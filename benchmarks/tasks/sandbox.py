@@ -16,6 +16,9 @@ Layers, each cheap, none alone a security boundary:
   and ctypes (which could undo the rest);
 - a wall-clock deadline enforced by the parent, which kills the whole process group.
 
+Python's limit on int <-> decimal string conversion (3.11+) is lifted in the child: programs such
+as P3 puzzles use huge integer literals, and the CPU limit bounds the cost.
+
 Output goes to files outside the working directory (bounded by the file-size limit) and at most
 `max_output_bytes` of each is read back. The verdict is a `SandboxResult`:
 
@@ -131,6 +134,8 @@ def _boot(main_path, work, cfg):
 
     sys.addaudithook(hook)
     sys.dont_write_bytecode = True
+    if hasattr(sys, "set_int_max_str_digits"):  # big literals are fine here: the CPU limit bounds the cost
+        sys.set_int_max_str_digits(0)
     sys.argv = ["main.py"]
     code = compile(source, "main.py", "exec")
     try:
@@ -185,7 +190,9 @@ def run_python(code: str, timeout_s: float = 10.0, memory_mb: int = 1024, *,
                files: dict[str, str] | None = None, read_files: Iterable[str] = (),
                file_size_mb: int = 16, max_output_bytes: int = 1 << 20) -> SandboxResult:
     """Run `code` as a script in the sandbox (see the module docstring). `files` are written into the
-    working directory first; `read_files` (names relative to it) are read back into `result.files`."""
+    working directory first; `read_files` (names relative to it) are read back into `result.files`
+    (whole: they are bounded by the file-size limit, `file_size_mb`); stdout and stderr are read back up
+    to `max_output_bytes` each."""
     base = Path(tempfile.mkdtemp(prefix="r2r-sandbox-"))
     try:
         work = base / "work"
@@ -226,7 +233,7 @@ def run_python(code: str, timeout_s: float = 10.0, memory_mb: int = 1024, *,
         for name in read_files:
             p = work / name
             if p.is_file():
-                read_back[name] = _read(p, max_output_bytes)
+                read_back[name] = _read(p, cfg["file_size_bytes"])
         if killed:
             status, reason = "timeout", f"wall-clock limit of {timeout_s:g}s"
         elif rc == 0:

@@ -132,6 +132,13 @@ class ScanTask(Task):
             meta={"n_clauses": len(parts)},
         )
 
+    def parse_query(self, query: str) -> Example | None:
+        command = " ".join(query.split())
+        try:
+            return self._example(_all_commands().index(command))
+        except ValueError:
+            return None
+
     def load(self, split: str) -> list[Example]:
         if split == "train":
             idxs = self._train

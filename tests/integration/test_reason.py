@@ -1,0 +1,117 @@
+"""The R2 chain and the baselines on a real Ray pool of test-zoo models."""
+import asyncio
+import json
+
+import pytest
+
+from actors.pool import start_pool
+from benchmarks.baselines import Context, expand, make_method
+from pipelines.reason import reason_batch
+from policies.router import PolicyRouter
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def setup(zoo_config, ray_local):
+    from pipelines.zoo import build_world
+
+    pool = start_pool(zoo_config)
+    ids = ray_local.get(pool.model_ids.remote())
+    yield zoo_config, pool, ids, build_world(zoo_config)
+    ray_local.kill(pool)
+
+
+def run(method, examples, task, ctx):
+    return asyncio.run(method.run(examples, task, ctx))
+
+
+def test_chain_records_every_call_and_scores(setup):
+    cfg, pool, ids, world = setup
+    ctx = Context(pool, ids, cfg.reason)
+    examples = world.facts.load("test")[:16]
+    trajs = run(make_method(f"all:{ids[-1]}", ctx), examples, world.facts, ctx)
+    for ex, t in zip(examples, trajs):
+        assert len(t.steps) == len(ex.steps) == 2 and all(len(s.calls) == 1 for s in t.steps)
+        assert all(s.model_id == ids[-1] for s in t.steps)
+        # the second hop asks about the first hop's own answer
+        assert t.steps[1].prompt == f"{ex.meta['relations'][1]} of {t.steps[0].answer} ="
+        assert t.correct == world.facts.score(t.answer, ex) and t.answer == t.steps[-1].answer
+        assert t.cost_usd == pytest.approx(sum(c.cost_usd for c in t.calls)) and t.cost_usd > 0
+        assert 0 <= t.steps[0].confidence <= 1
+    assert sum(t.correct for t in trajs) >= 10  # the largest test model knows these facts
+
+
+def test_scan_composes_clause_answers(setup):
+    cfg, pool, ids, world = setup
+    ctx = Context(pool, ids, cfg.reason)
+    examples = world.scan.load("test")[:12]
+    trajs = run(make_method(f"all:{ids[-1]}", ctx), examples, world.scan, ctx)
+    for ex, t in zip(examples, trajs):
+        assert [s.text for s in t.steps] == [s.prompt for s in ex.steps]
+        assert t.answer == " ".join(s.answer for s in t.steps if s.answer)
+
+
+def test_procedural_review_escalates_low_confidence_steps(setup):
+    cfg, pool, ids, world = setup
+    examples = world.facts.load("test")[:8]
+    always = cfg.reason.model_copy(update={"tau": 1.01, "max_escalations": 2})
+    from benchmarks.baselines import FixedRouter
+    from policies.router import GoldDecomposition
+
+    router = FixedRouter("t0", GoldDecomposition(), lambda *_: 0)
+    trajs = reason_batch(examples, router, pool, world.facts, always, ids)
+    for t in trajs:
+        for s in t.steps:  # tier 0 -> 1 -> 2: three calls, each one tier up
+            assert [c.model_id for c in s.calls] == ids[:3]
+    to_top = always.model_copy(update={"escalation": "top", "max_escalations": 1})
+    for t in reason_batch(examples, router, pool, world.facts, to_top, ids):
+        assert all([c.model_id for c in s.calls] == [ids[0], ids[-1]] for s in t.steps)
+    never = cfg.reason.model_copy(update={"tau": 0.0})
+    for t in reason_batch(examples, router, pool, world.facts, never, ids):
+        assert all(len(s.calls) == 1 for s in t.steps)
+
+
+def test_every_baseline_runs(setup):
+    cfg, pool, ids, world = setup
+    ctx = Context(pool, ids, cfg.reason)
+    examples = world.facts.load("test")[:10]
+    for name in expand(["single:*", "all:*", "random", "cascade", "two-tier", "task-router"], ids):
+        method = make_method(name, ctx)
+        if name == "task-router":
+            method.train = {"facts": world.facts.load("train")[:30]}
+        trajs = run(method, examples, world.facts, ctx)
+        assert len(trajs) == len(examples) and all(t.cost_usd > 0 for t in trajs), name
+        if name.startswith("single:"):
+            assert all(len(t.steps) == 1 and t.decomposer == "none" for t in trajs)
+
+
+def test_untrained_policy_router_runs_the_chain(setup, zoo_model_dir):
+    """A router built from a zoo checkpoint (untrained as a router): the chain never breaks on
+    whatever it writes, and its allocations stay inside the pool."""
+    from policies.policy_lm import PolicyLM
+
+    cfg, pool, ids, world = setup
+    lm = PolicyLM.from_pretrained(zoo_model_dir)
+    router = PolicyRouter(lm, lm, ids, temperature=1.0, seed=3)
+    examples = world.facts.load("test")[:8] + world.scan.load("test")[:0]
+    trajs = reason_batch(examples, router, pool, world.facts, cfg.reason, ids)
+    assert len(trajs) == 8
+    for t in trajs:
+        assert t.decomposition.sample is not None and isinstance(t.format_ok, bool)
+        assert 1 <= len(t.steps) <= cfg.reason.max_steps
+        assert all(s.model_id in ids and 0 <= s.allocation.tier < len(ids) for s in t.steps)
+
+
+def test_evaluate_writes_results_and_plot(zoo_config, ray_local, tmp_path):
+    from pipelines.evaluate import main
+
+    results = main(["--config", "configs/test.yaml", "--set", f"run_dir={zoo_config.run_dir}",
+                    "--set", "eval.task_router_train=30", "--set", "eval.sweep_tau=[0.5]",
+                    "--limit", "12", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["reference"] == results["reference"] == f"all:{zoo_config.zoo.models[-1].name}"
+    for name, m in saved["methods"].items():
+        assert {"accuracy", "cost_per_query", "reward", "latency_per_query", "calls_per_query", "n"} <= set(m)
+        assert m["n"] == 24 and name in saved["aiq"]
+    assert (tmp_path / "pareto.png").stat().st_size > 10_000

@@ -1,0 +1,25 @@
+import pytest
+
+from benchmarks.report import aiq, cost_at_accuracy, hull
+
+
+def test_hull_keeps_the_concave_nondecreasing_frontier():
+    pts = [(1, 0.2), (2, 0.1), (3, 0.5), (4, 0.55), (5, 0.9), (6, 0.85)]
+    assert hull(pts) == [(1, 0.2), (5, 0.9)] or hull(pts) == [(1, 0.2), (3, 0.5), (5, 0.9)]
+    assert all(b[1] > a[1] and b[0] > a[0] for a, b in zip(hull(pts), hull(pts)[1:]))
+
+
+def test_aiq_of_a_single_point_and_a_curve():
+    # one point at cost 2 on [0, 4]: zero before it, its accuracy after
+    assert aiq([(2.0, 0.8)], 0.0, 4.0) == pytest.approx(0.8 * 2 / 4)
+    # linear from (0, 0) to (4, 1): area 2 over range 4
+    assert aiq([(0.0, 0.0), (4.0, 1.0)], 0.0, 4.0) == pytest.approx(0.5)
+    # a dominated point changes nothing
+    assert aiq([(0.0, 0.0), (4.0, 1.0), (3.0, 0.1)], 0.0, 4.0) == pytest.approx(0.5)
+
+
+def test_cost_at_accuracy_interpolates_along_the_hull():
+    curve = [(1.0, 0.2), (3.0, 0.6)]
+    assert cost_at_accuracy(curve, 0.4) == pytest.approx(2.0)
+    assert cost_at_accuracy(curve, 0.1) == pytest.approx(1.0)
+    assert cost_at_accuracy(curve, 0.7) is None
