@@ -170,6 +170,43 @@ class RouterConfig(Strict):
     temperature: float = Field(0.0, ge=0)
 
 
+class LabelsConfig(Strict):
+    """SFT label search (pipelines.labels). Label search spends real pool calls, so its budget is
+    limited: labels for `fraction` of the training queries (at most `max_per_task`)."""
+
+    fraction: float = Field(0.1, gt=0, le=1)
+    max_per_task: int = Field(400, ge=1)
+    w_concise: float = 0.2  # decomposition score weights: fewer steps,
+    w_practical: float = 1.0  # solved by the reference model at few tokens,
+    w_coherent: float = 0.1  # adjacent steps linked
+    token_norm: float = Field(100.0, gt=0)
+    difficulty_thresholds: list[float] = [0.9, 0.6, 0.3]  # base-model confidence -> initial tier
+    max_search_rounds: int = Field(6, ge=1)
+
+
+class TrainConfig(Strict):
+    """SFT then alternating GRPO (pipelines.sft, pipelines.train)."""
+
+    init: str | None = None  # zoo model both policies start from (default: the second largest)
+    zero_stage: int = Field(1, ge=0, le=2)
+    sft_epochs: int = Field(8, ge=1)
+    sft_lr: float = Field(3e-3, gt=0)
+    sft_batch: int = Field(64, ge=1)
+    label_smoothing: float = Field(0.2, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    grpo_steps: int = Field(40, ge=0)
+    alternate_every: int = Field(10, ge=1)  # K: steps on one policy before switching
+    queries_per_step: int = Field(32, ge=1)
+    group_size: int = Field(4, ge=2)  # G
+    grpo_lr: float = Field(1e-3, gt=0)
+    clip: float = Field(0.2, gt=0)
+    kl_coef: float = Field(0.2, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    rollout_workers: int = Field(2, ge=1)
+    checkpoint_every: int = Field(10, ge=1)
+    cost_ref_queries: int = Field(100, ge=1)
+
+
 class ServeConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -190,6 +227,8 @@ class Config(Strict):
     reason: ReasonConfig = ReasonConfig()
     reward: RewardConfig = RewardConfig()
     router: RouterConfig = RouterConfig()
+    labels: LabelsConfig = LabelsConfig()
+    train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()
     wandb: WandbConfig = WandbConfig()

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from actors.backends import Completion, SamplingParams
-from benchmarks.tasks.base import Example, Task
+from benchmarks.tasks.base import Example, Task, render_step
 from pipelines.config import ReasonConfig
 from policies.router import AllocateDecision, DecomposeDecision, Router
 
@@ -108,8 +108,11 @@ async def areason_batch(examples: list[Example], router: Router, pool, task: Tas
     top = len(model_ids) - 1
     for k in range(max(len(p) for p in plans)):
         active = [i for i, p in enumerate(plans) if k < len(p)]
-        prompts = [task.step_prompt(examples[i], plans[i][k], [s.answer for s in trajs[i].steps]) for i in active]
-        allocs = router.allocate(prompts, [examples[i] for i in active], len(model_ids))
+        earlier = {i: [s.answer for s in trajs[i].steps] for i in active}
+        prompts = [task.step_prompt(examples[i], plans[i][k], earlier[i]) for i in active]
+        # the allocator sees each step with the earlier answers it refers to filled in
+        allocs = router.allocate([render_step(plans[i][k], earlier[i]) for i in active],
+                                 [examples[i] for i in active], len(model_ids))
         records = [StepRecord(plans[i][k], p, a) for i, p, a in zip(active, prompts, allocs)]
         tiers = [min(max(a.tier, 0), top) for a in allocs]
         pending = list(range(len(active)))

@@ -113,11 +113,13 @@ class PolicyRouter(Router):
 
     def __init__(self, decomposer: PolicyLM | None, allocator: PolicyLM, model_ids: list[str],
                  templates: str = "tiny", temperature: float = 0.0, max_steps: int = 6, max_tokens: int = 24,
-                 seed: int = 0, label: str = "policy"):
+                 seed: int = 0, label: str = "policy", decompose_temperature: float | None = None):
         self.decomposer, self.allocator, self.model_ids = decomposer, allocator, model_ids
         self.templates = TEMPLATES[templates]()
         # temperatures this close to 0 decode greedily (dividing by them overflows)
         self.temperature = temperature if temperature >= MIN_TEMPERATURE else 0.0
+        dt = temperature if decompose_temperature is None else decompose_temperature
+        self.decompose_temperature = dt if dt >= MIN_TEMPERATURE else 0.0
         self.max_steps, self.max_tokens = max_steps, max_tokens
         self.generator = torch.Generator().manual_seed(seed)
         self.decomposer_name = label if decomposer is not None else "gold"
@@ -129,7 +131,8 @@ class PolicyRouter(Router):
             return self._gold.decompose(examples, task)
         tok = self.decomposer.tokenizer
         prompts = [self.templates.decompose_prompt(ex.query, tok) for ex in examples]
-        samples = self.decomposer.sample(prompts, self.max_tokens, self.temperature, generator=self.generator)
+        samples = self.decomposer.sample(prompts, self.max_tokens, self.decompose_temperature,
+                                         generator=self.generator)
         return [DecomposeDecision(parse_decomposition(self._prefix + s.text, self.max_steps), p, s)
                 for p, s in zip(prompts, samples)]
 

@@ -78,10 +78,11 @@ class Decomposition:
 def _clean(step: str) -> str:
     """Whitespace, and quotes wrapping the step (GPT-4 sometimes wrote a quoted list, `"...",`) gone."""
     s = str(step).strip()
-    if s.endswith('",'):
-        s = s[:-1]
-    if len(s) >= 2 and s[0] == s[-1] == '"':
-        s = s[1:-1]
+    m = re.fullmatch(r'"(.*)"[.,]?', s, re.DOTALL)
+    if m:
+        s = m.group(1)
+    elif s.endswith('",'):
+        s = s[:-2]
     elif s.count('"') % 2 == 1:  # one unbalanced quote at an end
         s = s[1:] if s.startswith('"') else s[:-1] if s.endswith('"') else s
     return s.strip()

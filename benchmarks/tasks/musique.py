@@ -7,8 +7,8 @@ under the data dir, or from the Hugging Face Hub (`hf_dataset="<id>"`, `hf_split
 `datasets` package, imported only then).
 
 The query is the question (the paragraphs stay in `meta["paragraphs"]` for a reading setting); the
-steps are the question decomposition as given, "#1"/"#2" references included; `gold_step_prompt`
-fills those references with the chain's own earlier answers. Unanswerable rows (MuSiQue-Full) are
+steps are the question decomposition as given, "#1"/"#2" references included (the base task's
+`gold_step_prompt` fills them with the chain's own earlier answers). Unanswerable rows (MuSiQue-Full) are
 skipped unless `answerable_only=False`. Ids are `musique-<the data's id>`; `bucket` is the hop type
 ("2hop", "3hop1", ...).
 
@@ -149,11 +149,3 @@ class MusiqueTask(Task):
             return max(em_score(span, g) for g in self._golds(example))
         except Exception:
             return 0.0
-
-    def gold_step_prompt(self, example: Example, i: int, earlier: list[str]) -> str:
-        """Step i's question with "#k" replaced by the chain's own answer to step k."""
-        def fill(m: re.Match) -> str:
-            k = int(m.group(1)) - 1
-            return earlier[k].strip() if 0 <= k < len(earlier) and k < i else m.group(0)
-
-        return re.sub(r"#(\d+)", fill, example.steps[i].prompt)

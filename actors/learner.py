@@ -1,0 +1,165 @@
+"""`Learner`: a Ray actor owning one DeepSpeed engine per router policy (decomposer, allocator), a
+frozen reference copy of each for the KL term, SFT and GRPO steps, weights for the samplers, and
+checkpoints (weights, optimizer, RNG, step, phase and the driver's state)."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+from pathlib import Path
+
+import ray
+import torch
+
+from pipelines.config import Config
+from pipelines.grpo import grpo_loss, pad_sequences
+from policies.policy_lm import PolicyLM
+from policies.router import PolicyRouter
+
+POLICIES = ("decomposer", "allocator")
+
+
+def _init_distributed_env() -> None:
+    """DeepSpeed needs a (single-process) process group; on CPU it uses gloo, no MPI."""
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
+        os.environ.setdefault(k, v)
+    if "MASTER_PORT" not in os.environ:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+
+
+def ds_config(cfg: Config, lr: float) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": cfg.train.sft_batch,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+        "optimizer": {"type": "AdamW", "params": {"lr": lr, "weight_decay": cfg.train.weight_decay,
+                                                   "torch_adam": True}},
+        "zero_optimization": {"stage": cfg.train.zero_stage},
+        "steps_per_print": 10**9,
+    }
+
+
+class LearnerImpl:
+    def __init__(self, cfg_json: str, init_dirs: dict[str, str], model_ids: list[str], lr: float):
+        import deepspeed
+
+        self.cfg = Config.model_validate_json(cfg_json)
+        _init_distributed_env()
+        if not torch.cuda.is_available():  # skip the JIT build of a shared-memory comm op (CPU)
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        torch.manual_seed(self.cfg.seed)
+        self.model_ids = model_ids
+        self.engines, self.refs, self.policies = {}, {}, {}
+        for name in POLICIES:
+            lm = PolicyLM.from_pretrained(init_dirs[name])
+            self.refs[name] = copy.deepcopy(lm.model).eval().requires_grad_(False)
+            engine, *_ = deepspeed.initialize(model=lm.model, config=ds_config(self.cfg, lr),
+                                              model_parameters=[p for p in lm.model.parameters() if p.requires_grad])
+            self.engines[name] = engine
+            self.policies[name] = PolicyLM(engine.module, lm.tokenizer)
+        self.step = 0
+        self.state: dict = {}  # the driver's resumable state (phase, cost_ref, W&B run id, ...)
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _router(self, model) -> PolicyRouter:
+        return PolicyRouter(None, PolicyLM(model, self.policies["allocator"].tokenizer), self.model_ids,
+                            templates=self.cfg.router.templates)
+
+    def _logprobs(self, name: str, model, items: list[dict]) -> list[torch.Tensor]:
+        if name == "decomposer":
+            lm = PolicyLM(model, self.policies[name].tokenizer)
+            return lm.token_logprobs([it["prompt"] for it in items], [it["token_ids"] for it in items],
+                                     temperature=self.cfg.train.temperature)
+        logp = self._router(model).tier_logprobs([it["prompt"] for it in items], len(self.model_ids))
+        return [logp[i, it["tier"]].view(1) for i, it in enumerate(items)]
+
+    # -- training steps --------------------------------------------------------------------------------
+    def sft_step(self, name: str, prompts: list[str], targets: list[list[int]]) -> dict:
+        """Cross-entropy on the target tokens (label smoothing for the allocator's tier choice)."""
+        engine = self.engines[name]
+        engine.train()
+        if name == "allocator":
+            logp = self._router(engine.module).tier_logprobs(prompts, len(self.model_ids))
+            tiers = torch.tensor([t[0] for t in targets])
+            loss = torch.nn.functional.nll_loss(logp, tiers) * (1 - self.cfg.train.label_smoothing) \
+                - logp.mean(-1).mean() * self.cfg.train.label_smoothing
+            acc = float((logp.argmax(-1) == tiers).float().mean())
+        else:
+            lps = self.policies[name].token_logprobs(prompts, targets, temperature=1.0)
+            lp, mask = pad_sequences(lps)
+            loss = -(lp * mask).sum() / mask.sum()
+            acc = float(torch.stack([(x > -0.693).all() for x in lps]).float().mean())  # every token p > 0.5
+        engine.backward(loss)
+        engine.step()
+        return {"loss": float(loss.detach()), "acc": acc}
+
+    def grpo_step(self, name: str, items: list[dict]) -> dict:
+        """One GRPO update of `name` on sampled items: {prompt, token_ids | tier, old_logprobs, advantage}."""
+        engine = self.engines[name]
+        engine.train()
+        new = self._logprobs(name, engine.module, items)
+        with torch.no_grad():
+            ref = self._logprobs(name, self.refs[name], items)
+        logp, mask = pad_sequences(new)
+        ref_lp, _ = pad_sequences(ref)
+        old, _ = pad_sequences([torch.tensor(it["old_logprobs"], dtype=torch.float32) for it in items])
+        adv = torch.tensor([[it["advantage"]] for it in items], dtype=torch.float32)
+        loss, stats = grpo_loss(logp, old, ref_lp, adv, mask, clip=self.cfg.train.clip,
+                                kl_coef=self.cfg.train.kl_coef)
+        # learner vs sampler logprobs of the same tokens, before this update: stale weights show here
+        stats["sampler_gap"] = float(((logp.detach() - old).abs() * mask).sum() / mask.sum())
+        engine.backward(loss)
+        engine.step()
+        self.step += 1
+        stats["step"] = self.step
+        return stats
+
+    # -- weights and checkpoints -----------------------------------------------------------------------
+    def weights(self, name: str) -> dict:
+        return {k: v.detach().cpu().clone() for k, v in self.engines[name].module.state_dict().items()}
+
+    def save_pretrained(self, out_dir: str) -> None:
+        for name in POLICIES:
+            self.policies[name].save(Path(out_dir) / name)
+
+    def set_state(self, state: dict) -> None:
+        self.state = state
+
+    def save_checkpoint(self, ckpt_dir: str) -> str:
+        tag = f"step{self.step}"
+        for name, engine in self.engines.items():
+            engine.save_checkpoint(str(Path(ckpt_dir) / name), tag=tag)
+        meta = {"step": self.step, "tag": tag, "state": self.state}
+        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, Path(ckpt_dir) / "rng.pt")
+        (Path(ckpt_dir) / "learner.json").write_text(json.dumps(meta, indent=2))
+        return tag
+
+    def load_checkpoint(self, ckpt_dir: str) -> dict:
+        meta = json.loads((Path(ckpt_dir) / "learner.json").read_text())
+        for name, engine in self.engines.items():
+            engine.load_checkpoint(str(Path(ckpt_dir) / name), tag=meta["tag"])
+        rng = torch.load(Path(ckpt_dir) / "rng.pt", weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        self.step, self.state = meta["step"], meta["state"]
+        return meta
+
+    def optimizer_state_digest(self) -> dict:
+        """Per policy: Adam step count and the sum of |exp_avg| (to check a resumed optimizer)."""
+        out = {}
+        for name, engine in self.engines.items():
+            opt = engine.optimizer
+            inner = getattr(opt, "optimizer", opt)
+            states = [s for s in inner.state.values() if "exp_avg" in s]
+            out[name] = {"tensors": len(states),
+                         "exp_avg_abs_sum": float(sum(s["exp_avg"].abs().sum() for s in states)),
+                         "steps": [float(s["step"]) for s in states][:1]}
+        return out
+
+
+Learner = ray.remote(num_cpus=1, max_restarts=0)(LearnerImpl)

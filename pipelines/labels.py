@@ -1,0 +1,207 @@
+"""SFT labels, constructed as R2 does, on the real pool.
+
+    python -m pipelines.labels --config configs/tiny.yaml
+
+- Decomposition: candidates per query (tiny world: the whole query as one step, and the gold parse
+  into hops / clauses) are scored by a weighted sum of conciseness (fewer steps), practicality
+  (solved by the reference model, at few tokens) and coherence (adjacent steps linked by `#k`); the
+  best candidate the reference model solves becomes the target.
+- Allocation: each step's difficulty is the alpha-quantile confidence of the base (cheapest) model on
+  it; thresholds map difficulty to an initial tier. A correct chain then moves steps *down* a tier
+  while it stays correct; a wrong chain moves its least confident step *up* until it is correct. The
+  cheapest correct allocation found is the label.
+
+Label search costs pool calls, as at scale: labels cover `labels.fraction` of the training queries.
+Writes `<run_dir>/labels/labels.jsonl`, one labelled query per line.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from benchmarks.tasks.base import Example, Task
+from pipelines.config import Config, add_config_args, config_from_args
+from pipelines.reason import Trajectory, areason_batch
+from policies.parsers import Decomposition
+from policies.router import AllocateDecision, DecomposeDecision, Router
+
+
+class PlannedRouter(Router):
+    """A given decomposition and tier per step for each example (one chain run of the search)."""
+
+    name = "label-search"
+    decomposer_name = "label-search"
+
+    def __init__(self, steps: dict[str, list[str]], tiers: dict[str, list[int]]):
+        self.steps, self.tiers = steps, tiers
+        self.cursor: dict[str, int] = defaultdict(int)
+
+    def decompose(self, examples, task):
+        return [DecomposeDecision(Decomposition(self.steps[ex.id], True)) for ex in examples]
+
+    def allocate(self, step_texts, examples, n_tiers):
+        out = []
+        for ex in examples:
+            out.append(AllocateDecision(min(self.tiers[ex.id][self.cursor[ex.id]], n_tiers - 1)))
+            self.cursor[ex.id] += 1
+        return out
+
+
+def candidates(example: Example) -> list[list[str]]:
+    gold = [s.prompt for s in example.steps]
+    return [[example.query], gold] if gold and gold != [example.query] else [[example.query]]
+
+
+def coherence(steps: list[str]) -> float:
+    if len(steps) < 2:
+        return 1.0
+    return sum(f"#{i}" in steps[i] for i in range(1, len(steps))) / (len(steps) - 1)
+
+
+class LabelSearch:
+    def __init__(self, cfg: Config, pool, model_ids: list[str], task: Task):
+        self.cfg, self.pool, self.model_ids, self.task = cfg, pool, model_ids, task
+        self.calls = 0
+
+    async def run(self, example: Example, steps: list[str], tiers: list[int]) -> Trajectory:
+        router = PlannedRouter({example.id: steps}, {example.id: tiers})
+        [t] = await areason_batch([example], router, self.pool, self.task, self.cfg.reason, self.model_ids,
+                                  review=False)
+        self.calls += len(t.calls)
+        return t
+
+    async def decomposition(self, example: Example) -> tuple[list[str], float] | None:
+        w, top = self.cfg.labels, len(self.model_ids) - 1
+        best = None
+        for steps in candidates(example):
+            t = await self.run(example, steps, [top] * len(steps))
+            tokens = sum(c.prompt_tokens + c.completion_tokens for c in t.calls)
+            score = (w.w_concise / len(steps) + w.w_practical * (t.correct - tokens / w.token_norm)
+                     + w.w_coherent * coherence(steps))
+            if t.correct >= 1 and (best is None or score > best[1]):
+                best = (steps, score)
+        return best
+
+    def initial_tiers(self, t: Trajectory) -> list[int]:
+        thresholds = self.cfg.labels.difficulty_thresholds
+        top = len(self.model_ids) - 1
+        return [min(next((k for k, th in enumerate(thresholds) if s.confidence >= th), len(thresholds)), top)
+                for s in t.steps]
+
+    async def allocation(self, example: Example, steps: list[str]) -> tuple[list[int], Trajectory] | None:
+        top = len(self.model_ids) - 1
+        base = await self.run(example, steps, [0] * len(steps))
+        tiers = self.initial_tiers(base)
+        t = await self.run(example, steps, tiers)
+        for _ in range(self.cfg.labels.max_search_rounds):  # upward: lift the least confident step
+            if t.correct >= 1:
+                break
+            movable = [k for k in range(len(steps)) if tiers[k] < top]
+            if not movable:
+                return None
+            k = min(movable, key=lambda k: t.steps[k].confidence)
+            tiers = tiers[:k] + [tiers[k] + 1] + tiers[k + 1:]
+            t = await self.run(example, steps, tiers)
+        if t.correct < 1:
+            return None
+        for k in sorted(range(len(steps)), key=lambda k: -tiers[k]):  # downward, priciest steps first
+            while tiers[k] > 0:
+                trial = tiers[:k] + [tiers[k] - 1] + tiers[k + 1:]
+                tt = await self.run(example, steps, trial)
+                if tt.correct < 1:
+                    break
+                tiers, t = trial, tt
+        return tiers, t
+
+    async def label(self, example: Example) -> dict | None:
+        dec = await self.decomposition(example)
+        if dec is None:
+            return None
+        found = await self.allocation(example, dec[0])
+        if found is None:
+            return None
+        tiers, t = found
+        return {"task": self.task.name, "id": example.id, "query": example.query, "steps": dec[0],
+                "tiers": tiers, "models": [self.model_ids[k] for k in tiers],
+                "allocate_texts": [s.allocation.prompt or "" for s in t.steps],
+                "rendered": [_rendered(s) for s in t.steps], "cost_usd": t.cost_usd}
+
+
+def _rendered(step) -> str:
+    from policies.tiny_lm import SEP
+
+    p = step.prompt.strip()
+    return p[: -len(SEP)].strip() if p.endswith(SEP) else p
+
+
+def select_queries(cfg: Config, train: list[Example]) -> list[Example]:
+    n = min(cfg.labels.max_per_task, max(1, round(cfg.labels.fraction * len(train))))
+    return random.Random(cfg.seed + 7).sample(train, min(n, len(train)))
+
+
+async def build_labels(cfg: Config, pool, model_ids: list[str], tasks: dict[str, Task], progress=None) -> tuple[list[dict], dict]:
+    rows, stats = [], {}
+    for name, task in tasks.items():
+        search = LabelSearch(cfg, pool, model_ids, task)
+        queries = select_queries(cfg, task.load("train"))
+        bar = progress.add_task(f"labels {name}", total=len(queries)) if progress else None
+
+        async def one(ex):
+            out = await search.label(ex)
+            if progress:
+                progress.advance(bar)
+            return out
+
+        found = await asyncio.gather(*(one(ex) for ex in queries))
+        kept = [r for r in found if r]
+        rows += kept
+        stats[name] = {"queries": len(queries), "labelled": len(kept), "pool_calls": search.calls,
+                       "tier_histogram": dict(sorted(Counter_of(t for r in kept for t in r["models"]).items()))}
+    return rows, stats
+
+
+def Counter_of(items):
+    from collections import Counter
+
+    return Counter(items)
+
+
+def labels_path(cfg: Config) -> Path:
+    return Path(cfg.run_dir) / "labels" / "labels.jsonl"
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    import ray
+    from rich.progress import Progress
+
+    from actors.pool import start_pool
+    from actors.runtime import init_ray
+    from pipelines.zoo import build_world, console as make_console
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    cfg = config_from_args(parser.parse_args(argv))
+    console = make_console()
+    init_ray()
+    pool = start_pool(cfg)
+    model_ids = ray.get(pool.model_ids.remote())
+    world = build_world(cfg)
+    start = time.perf_counter()
+    with Progress(console=console) as progress:
+        rows, stats = asyncio.run(build_labels(cfg, pool, model_ids, {"facts": world.facts, "scan": world.scan}, progress))
+    path = labels_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path.parent / "stats.json").write_text(json.dumps(stats, indent=2))
+    console.print(f"labels: {len(rows)} queries in {time.perf_counter() - start:.0f}s -> {path}")
+    console.print(stats)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
