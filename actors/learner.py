@@ -149,16 +149,16 @@ class LearnerImpl:
         self.step, self.state = meta["step"], meta["state"]
         return meta
 
-    def optimizer_state_digest(self) -> dict:
-        """Per policy: Adam step count and the sum of |exp_avg| (to check a resumed optimizer)."""
+    def optimizer_state_digest(self) -> dict[str, float]:
+        """Per policy: Adam's step count, number of state tensors and sum of |exp_avg| (to check that a
+        resumed optimizer is the saved one)."""
         out = {}
         for name, engine in self.engines.items():
-            opt = engine.optimizer
-            inner = getattr(opt, "optimizer", opt)
+            inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
             states = [s for s in inner.state.values() if "exp_avg" in s]
-            out[name] = {"tensors": len(states),
-                         "exp_avg_abs_sum": float(sum(s["exp_avg"].abs().sum() for s in states)),
-                         "steps": [float(s["step"]) for s in states][:1]}
+            out[f"{name}.tensors"] = float(len(states))
+            out[f"{name}.exp_avg_abs_sum"] = float(sum(s["exp_avg"].abs().sum() for s in states))
+            out[f"{name}.adam_step"] = float(states[0]["step"]) if states else 0.0
         return out
 
 

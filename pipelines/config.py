@@ -110,6 +110,7 @@ class PoolModelConfig(Strict):
     max_retries: int = Field(3, ge=0)
     price: PriceConfig
     replicas: int | None = Field(None, ge=1)
+    chat: bool = False  # an instruct model: prompts go through its tokenizer's chat template (hf)
 
     @model_validator(mode="after")
     def _where(self) -> PoolModelConfig:
@@ -174,8 +175,9 @@ class LabelsConfig(Strict):
     """SFT label search (pipelines.labels). Label search spends real pool calls, so its budget is
     limited: labels for `fraction` of the training queries (at most `max_per_task`)."""
 
-    fraction: float = Field(0.1, gt=0, le=1)
-    max_per_task: int = Field(400, ge=1)
+    fraction: float = Field(0.1, gt=0, le=1)  # queries that get an allocation label (search)
+    decomposition_fraction: float = Field(0.25, gt=0, le=1)  # queries that get a decomposition label
+    max_per_task: int = Field(2000, ge=1)
     w_concise: float = 0.2  # decomposition score weights: fewer steps,
     w_practical: float = 1.0  # solved by the reference model at few tokens,
     w_coherent: float = 0.1  # adjacent steps linked
@@ -187,9 +189,10 @@ class LabelsConfig(Strict):
 class TrainConfig(Strict):
     """SFT then alternating GRPO (pipelines.sft, pipelines.train)."""
 
-    init: str | None = None  # zoo model both policies start from (default: the second largest)
+    init: str | None = None  # zoo model both policies start from (default: the largest)
     zero_stage: int = Field(1, ge=0, le=2)
-    sft_epochs: int = Field(8, ge=1)
+    sft_epochs: int = Field(8, ge=1)  # allocator
+    sft_epochs_decomposer: int = Field(30, ge=1)
     sft_lr: float = Field(3e-3, gt=0)
     sft_batch: int = Field(64, ge=1)
     label_smoothing: float = Field(0.2, ge=0, lt=1)

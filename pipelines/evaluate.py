@@ -36,7 +36,24 @@ def metrics(trajs, cost_ref: dict[str, float], cfg: Config) -> dict:
     }
 
 
-def evaluate(cfg: Config, method_names: list[str], limit: int, out_dir: Path, console, routers: dict | None = None) -> dict:
+def router_method(cfg: Config, name: str, path: str | Path, model_ids: list[str]):
+    """A trained router (decomposer/ and allocator/ under `path`) as a method: greedy policies, with
+    the chain's procedural review."""
+    from benchmarks.baselines import RouterMethod
+    from policies.policy_lm import PolicyLM
+    from policies.router import PolicyRouter
+
+    path = Path(path)
+    dec = PolicyLM.from_pretrained(path / "decomposer") if (path / "decomposer").exists() else None
+    router = PolicyRouter(dec, PolicyLM.from_pretrained(path / "allocator"), model_ids,
+                          templates=cfg.router.templates, temperature=0.0, max_steps=cfg.reason.max_steps,
+                          max_tokens=cfg.reason.decompose_max_tokens, seed=cfg.seed, label=name)
+    router.name = name
+    return RouterMethod(name, router, review=True)
+
+
+def evaluate(cfg: Config, method_names: list[str], limit: int, out_dir: Path, console,
+             router_dirs: dict[str, str] | None = None) -> dict:
     import ray
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -57,7 +74,7 @@ def evaluate(cfg: Config, method_names: list[str], limit: int, out_dir: Path, co
     names = expand(method_names, model_ids)
     names = [reference] + [n for n in names if n != reference]
     methods = {n: make_method(n, ctx) for n in names}
-    methods.update(routers or {})
+    methods.update({n: router_method(cfg, n, d, model_ids) for n, d in (router_dirs or {}).items()})
     for m in methods.values():
         if isinstance(m, TaskRouter):
             m.train = {name: t.load("train")[: cfg.eval.task_router_train] for name, t in tasks.items()}
@@ -140,11 +157,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", nargs="+", help="methods to run (default: eval.methods in the config)")
     parser.add_argument("--limit", type=int, help="test queries per task (default: eval.limit)")
     parser.add_argument("--out", help="output folder (default: <run_dir>/eval)")
+    parser.add_argument("--router", action="append", default=[], metavar="NAME=DIR",
+                        help="also evaluate a trained router (e.g. r2=runs/tiny/router/grpo); repeatable")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     console = make_console()
     out = Path(args.out) if args.out else Path(cfg.run_dir) / "eval"
-    results = evaluate(cfg, args.methods or cfg.eval.methods, args.limit or cfg.eval.limit, out, console)
+    routers = dict(r.split("=", 1) if "=" in r else (Path(r).name, r) for r in args.router)
+    results = evaluate(cfg, args.methods or cfg.eval.methods, args.limit or cfg.eval.limit, out, console, routers)
     console.print(markdown_table(results), markup=False)
     console.print(f"results: {out / 'results.json'}  plot: {out / 'pareto.png'}  ({results['wall_seconds']}s)")
     return results

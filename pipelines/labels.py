@@ -11,7 +11,8 @@
   while it stays correct; a wrong chain moves its least confident step *up* until it is correct. The
   cheapest correct allocation found is the label.
 
-Label search costs pool calls, as at scale: labels cover `labels.fraction` of the training queries.
+Label search costs pool calls, as at scale: allocation labels cover `labels.fraction` of the training
+queries, decomposition labels (two reference calls per candidate) `labels.decomposition_fraction`.
 Writes `<run_dir>/labels/labels.jsonl`, one labelled query per line.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import asyncio
 import json
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from benchmarks.tasks.base import Example, Task
@@ -118,18 +119,18 @@ class LabelSearch:
                 tiers, t = trial, tt
         return tiers, t
 
-    async def label(self, example: Example) -> dict | None:
+    async def label(self, example: Example, allocate: bool) -> dict | None:
+        """The query's decomposition label, and its allocation label when `allocate`."""
         dec = await self.decomposition(example)
         if dec is None:
             return None
-        found = await self.allocation(example, dec[0])
-        if found is None:
-            return None
-        tiers, t = found
-        return {"task": self.task.name, "id": example.id, "query": example.query, "steps": dec[0],
-                "tiers": tiers, "models": [self.model_ids[k] for k in tiers],
-                "allocate_texts": [s.allocation.prompt or "" for s in t.steps],
-                "rendered": [_rendered(s) for s in t.steps], "cost_usd": t.cost_usd}
+        row = {"task": self.task.name, "id": example.id, "query": example.query, "steps": dec[0]}
+        found = await self.allocation(example, dec[0]) if allocate else None
+        if found is not None:
+            tiers, t = found
+            row.update(tiers=tiers, models=[self.model_ids[k] for k in tiers],
+                       rendered=[_rendered(s) for s in t.steps], cost_usd=t.cost_usd)
+        return row
 
 
 def _rendered(step) -> str:
@@ -139,36 +140,33 @@ def _rendered(step) -> str:
     return p[: -len(SEP)].strip() if p.endswith(SEP) else p
 
 
-def select_queries(cfg: Config, train: list[Example]) -> list[Example]:
-    n = min(cfg.labels.max_per_task, max(1, round(cfg.labels.fraction * len(train))))
-    return random.Random(cfg.seed + 7).sample(train, min(n, len(train)))
+def select_queries(cfg: Config, train: list[Example]) -> tuple[list[Example], int]:
+    """Queries to label (decomposition), the first `n_alloc` of them also get an allocation label."""
+    cap = lambda f: min(cfg.labels.max_per_task, len(train), max(1, round(f * len(train))))  # noqa: E731
+    n_dec, n_alloc = cap(cfg.labels.decomposition_fraction), cap(cfg.labels.fraction)
+    return random.Random(cfg.seed + 7).sample(train, max(n_dec, n_alloc)), n_alloc
 
 
 async def build_labels(cfg: Config, pool, model_ids: list[str], tasks: dict[str, Task], progress=None) -> tuple[list[dict], dict]:
     rows, stats = [], {}
     for name, task in tasks.items():
         search = LabelSearch(cfg, pool, model_ids, task)
-        queries = select_queries(cfg, task.load("train"))
+        queries, n_alloc = select_queries(cfg, task.load("train"))
         bar = progress.add_task(f"labels {name}", total=len(queries)) if progress else None
 
-        async def one(ex):
-            out = await search.label(ex)
+        async def one(i, ex):
+            out = await search.label(ex, allocate=i < n_alloc)
             if progress:
                 progress.advance(bar)
             return out
 
-        found = await asyncio.gather(*(one(ex) for ex in queries))
+        found = await asyncio.gather(*(one(i, ex) for i, ex in enumerate(queries)))
         kept = [r for r in found if r]
         rows += kept
-        stats[name] = {"queries": len(queries), "labelled": len(kept), "pool_calls": search.calls,
-                       "tier_histogram": dict(sorted(Counter_of(t for r in kept for t in r["models"]).items()))}
+        stats[name] = {"queries": len(queries), "decomposition_labels": len(kept),
+                       "allocation_labels": sum("tiers" in r for r in kept), "pool_calls": search.calls,
+                       "tier_histogram": dict(sorted(Counter(m for r in kept for m in r.get("models", [])).items()))}
     return rows, stats
-
-
-def Counter_of(items):
-    from collections import Counter
-
-    return Counter(items)
 
 
 def labels_path(cfg: Config) -> Path:

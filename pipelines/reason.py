@@ -109,7 +109,8 @@ async def areason_batch(examples: list[Example], router: Router, pool, task: Tas
     for k in range(max(len(p) for p in plans)):
         active = [i for i, p in enumerate(plans) if k < len(p)]
         earlier = {i: [s.answer for s in trajs[i].steps] for i in active}
-        prompts = [task.step_prompt(examples[i], plans[i][k], earlier[i]) for i in active]
+        prompts = [task.step_prompt(examples[i], plans[i][k], earlier[i], [s.text for s in trajs[i].steps])
+                   for i in active]
         # the allocator sees each step with the earlier answers it refers to filled in
         allocs = router.allocate([render_step(plans[i][k], earlier[i]) for i in active],
                                  [examples[i] for i in active], len(model_ids))
@@ -130,7 +131,7 @@ async def areason_batch(examples: list[Example], router: Router, pool, task: Tas
         for i, rec in zip(active, records):
             trajs[i].steps.append(rec)
     # tasks whose answer needs a final call make it on the model of the chain's last step
-    finals = [(i, task.final_prompt(ex, [s.prompt for s in t.steps], [s.answer for s in t.steps]))
+    finals = [(i, task.final_prompt(ex, [s.text for s in t.steps], [s.answer for s in t.steps]))
               for i, (ex, t) in enumerate(zip(examples, trajs))]
     finals = [(i, p) for i, p in finals if p is not None]
     outs = await asyncio.gather(*(pool.generate.remote(trajs[i].steps[-1].model_id, [p], params) for i, p in finals))

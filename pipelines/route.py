@@ -23,7 +23,7 @@ def load_router(cfg: Config, model_ids: list[str]):
     common = dict(templates=r.templates, temperature=r.temperature, max_steps=cfg.reason.max_steps,
                   max_tokens=cfg.reason.decompose_max_tokens, seed=cfg.seed)
     if r.path and (Path(r.path) / "allocator").exists():
-        dec = PolicyLM.from_pretrained(Path(r.path) / "decomposer") if r.decomposer == "policy" else None
+        dec = PolicyLM.from_pretrained(Path(r.path) / "decomposer") if (Path(r.path) / "decomposer").exists() else None
         alloc = PolicyLM.from_pretrained(Path(r.path) / "allocator")
         return (PolicyRouter(dec, alloc, model_ids, label=f"trained:{r.path}", **common),
                 f"trained router from {r.path}")

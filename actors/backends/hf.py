@@ -1,4 +1,5 @@
-"""transformers backend: batched generation with left padding; greedy or sampled; raw-model logprobs."""
+"""transformers backend: batched generation with left padding; greedy or sampled; raw-model logprobs.
+With `chat: true` in the pool entry each prompt is sent as one user turn of the tokenizer's chat template."""
 from __future__ import annotations
 
 import time
@@ -21,11 +22,22 @@ class HFBackend(Backend):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         self.model.eval()
+        # an instruct model: each prompt becomes one user turn of its chat template
+        self.chat = bool(spec.get("chat")) and bool(getattr(self.tokenizer, "chat_template", None))
+        if spec.get("chat") and not self.chat:
+            raise ValueError(f"{model_id}: chat is set but the tokenizer at {path} has no chat template")
+
+    def render(self, prompt: str) -> str:
+        """The text the model reads for `prompt` (what prompt_tokens count)."""
+        if not self.chat:
+            return prompt
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                  add_generation_prompt=True)
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
         torch = self.torch
         start = time.perf_counter()
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
+        enc = self.tokenizer([self.render(p) for p in prompts], return_tensors="pt", padding=True)
         if params.seed is not None:
             torch.manual_seed(params.seed)
         sample = not params.greedy

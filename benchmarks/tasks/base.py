@@ -64,16 +64,19 @@ class Task(abc.ABC):
         """Step i of the gold decomposition with the chain's own earlier answers filled in."""
         return render_step(example.steps[i].prompt, earlier)
 
-    def step_prompt(self, example: Example, step_text: str, earlier: list[str]) -> str:
-        """What a pool model is asked for one step (default: the tiny world's `question =` form with
-        earlier answers filled in; natural-language tasks also show the query and earlier answers)."""
+    def step_prompt(self, example: Example, step_text: str, earlier: list[str],
+                    earlier_steps: list[str] | None = None) -> str:
+        """What a pool model is asked for one step, given the earlier steps' answers and (optionally)
+        their texts (default: the tiny world's `question =` form with earlier answers filled in;
+        natural-language tasks also show the query and the earlier sub-questions with their answers)."""
         from policies.tiny_lm import format_prompt
 
         return format_prompt(render_step(step_text, earlier))
 
     def final_prompt(self, example: Example, steps: list[str], answers: list[str]) -> str | None:
-        """The prompt of a final call that answers the query from the steps' answers, or None when
-        the answer follows from the step answers directly (`final_answer`)."""
+        """The prompt of a final call that answers the query from the steps (their texts as the
+        decomposer wrote them) and their answers, or None when the answer follows from the step
+        answers directly (`final_answer`)."""
         return None
 
     def final_answer(self, example: Example, step_answers: list[str]) -> str:

@@ -9,6 +9,9 @@ an explicit "answer is (B)" / "Answer: b" (the last one), a `\\boxed{B}`, a repl
 letter ("B", "(B)", "B. enforce", "B) ..."), a lone "(B)" among the options' letters, and last the
 text of exactly one choice in the final line. A lower-case letter counts only where it cannot be
 an article ("answer: b", "(b)", "b."). No letter found scores 0.
+
+In the chain (`NaturalLanguageTask`'s prompts) each step sees the question with its choices; a final
+call asks for the letter of the correct choice.
 """
 from __future__ import annotations
 
@@ -17,8 +20,9 @@ import re
 from functools import cached_property
 from pathlib import Path
 
-from benchmarks.tasks.base import Example, Task, register_task
+from benchmarks.tasks.base import Example, register_task
 from benchmarks.tasks.mathcheck import last_boxed
+from benchmarks.tasks.natural import NaturalLanguageTask
 from benchmarks.tasks.splits import DEFAULT_TEST_FRACTION, data_file, split_examples
 
 DATA_FILE = "csqa/train_rand_split.jsonl"
@@ -76,7 +80,9 @@ def format_query(stem: str, choices: list[dict]) -> str:
 
 
 @register_task("csqa")
-class CsqaTask(Task):
+class CsqaTask(NaturalLanguageTask):
+    answer_instruction = "Answer with the letter (A, B, C, D or E) of the correct choice."
+
     def __init__(self, path: str | Path | None = None, seed: int = 0,
                  test_fraction: float = DEFAULT_TEST_FRACTION) -> None:
         self.path = data_file(path, DATA_FILE, "csqa")

@@ -1,0 +1,115 @@
+"""Supervised fine-tuning of the router's decomposer and allocator on the constructed labels.
+
+    python -m pipelines.sft --config configs/tiny.yaml
+
+Both policies start from a zoo checkpoint (`train.init`, default: the largest zoo model, which already
+knows the tiny world's words and facts) and train in the `Learner`'s DeepSpeed engines. Runs
+the label search first when `<run_dir>/labels/labels.jsonl` is missing. Writes `<run_dir>/router/sft/`.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from pathlib import Path
+
+from pipelines.config import Config, add_config_args, config_from_args
+from policies.parsers import format_decomposition
+from policies.router import TEMPLATES
+
+
+def init_dir(cfg: Config) -> Path:
+    name = cfg.train.init or cfg.zoo.models[-1].name
+    return cfg.zoo_dir / name
+
+
+def router_dir(cfg: Config, stage: str) -> Path:
+    return Path(cfg.run_dir) / "router" / stage
+
+
+def sft_data(rows: list[dict], tokenizer, templates: str) -> dict[str, list[tuple[str, list[int]]]]:
+    tpl = TEMPLATES[templates]()
+    dec = [(tpl.decompose_prompt(r["query"], tokenizer),
+            tokenizer.encode(format_decomposition(r["steps"]), add_special_tokens=False) + [tokenizer.eos_token_id])
+           for r in rows]
+    alloc = [(tpl.allocate_prompt(text, [], tokenizer), [tier])
+             for r in rows if r.get("tiers") for text, tier in zip(r["rendered"], r["tiers"])]
+    return {"decomposer": dec, "allocator": alloc}
+
+
+def run_sft(cfg: Config, learner, rows: list[dict], console, progress=None) -> dict:
+    import ray
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(init_dir(cfg))
+    data = sft_data(rows, tokenizer, cfg.router.templates)
+    rng = random.Random(cfg.seed)
+    history: dict[str, list] = {}
+    for name, items in data.items():
+        n_batches = -(-len(items) // cfg.train.sft_batch)
+        epochs = cfg.train.sft_epochs_decomposer if name == "decomposer" else cfg.train.sft_epochs
+        bar = progress.add_task(f"sft {name}", total=epochs * n_batches) if progress else None
+        epochs = cfg.train.sft_epochs_decomposer if name == "decomposer" else cfg.train.sft_epochs
+        for epoch in range(epochs):
+            rng.shuffle(items)
+            stats = []
+            for i in range(0, len(items), cfg.train.sft_batch):
+                chunk = items[i: i + cfg.train.sft_batch]
+                stats.append(ray.get(learner.sft_step.remote(name, [p for p, _ in chunk], [t for _, t in chunk])))
+                if progress:
+                    progress.advance(bar)
+            history.setdefault(name, []).append({
+                "epoch": epoch, "loss": sum(s["loss"] for s in stats) / len(stats),
+                "acc": sum(s["acc"] for s in stats) / len(stats)})
+        console.print(f"sft {name}: {len(items)} examples, last epoch {history[name][-1]}")
+    return history
+
+
+def main(argv: list[str] | None = None) -> Path:
+    import ray
+    from rich.progress import Progress
+
+    from actors.learner import Learner
+    from actors.pool import start_pool
+    from actors.runtime import init_ray
+    from pipelines.labels import build_labels, labels_path
+    from pipelines.zoo import build_world, console as make_console
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    cfg = config_from_args(parser.parse_args(argv))
+    console = make_console()
+    init_ray()
+    pool = start_pool(cfg)
+    model_ids = ray.get(pool.model_ids.remote())
+    path = labels_path(cfg)
+    start = time.perf_counter()
+    with Progress(console=console) as progress:
+        if not path.exists():
+            world = build_world(cfg)
+            rows, stats = asyncio.run(build_labels(cfg, pool, model_ids, {"facts": world.facts, "scan": world.scan},
+                                                   progress))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            (path.parent / "stats.json").write_text(json.dumps(stats, indent=2))
+            console.print(f"labels: {stats}")
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        t_labels = time.perf_counter() - start
+        init = str(init_dir(cfg))
+        learner = Learner.remote(cfg.model_dump_json(), {"decomposer": init, "allocator": init}, model_ids,
+                                 cfg.train.sft_lr)
+        history = run_sft(cfg, learner, rows, console, progress)
+    out = router_dir(cfg, "sft")
+    ray.get(learner.save_pretrained.remote(str(out)))
+    (out / "sft_history.json").write_text(json.dumps(
+        {"history": history, "labels": len(rows), "label_seconds": round(t_labels, 1),
+         "seconds": round(time.perf_counter() - start, 1), "init": init}, indent=2))
+    console.print(f"sft router: {out} ({time.perf_counter() - start:.0f}s)")
+    ray.kill(learner)
+    return out
+
+
+if __name__ == "__main__":
+    main()

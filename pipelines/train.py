@@ -1,0 +1,268 @@
+"""The main training job: alternating GRPO of the router's decomposer and allocator on Ray.
+
+    python -m pipelines.train --config configs/tiny.yaml [--resume]
+
+A single controller (this driver) creates the pool, N `RolloutWorker`s and one `Learner`
+(a DeepSpeed engine per policy), then loops: broadcast weights -> rollouts (G samples per query) ->
+rewards and group advantages -> learner step on the phase's policy -> metrics -> checkpoint.
+Phases alternate every `train.alternate_every` steps (decomposer first, the allocator frozen; then the
+allocator, the decomposer frozen). Starts from the SFT router (`pipelines.sft`); writes
+`<run_dir>/router/grpo/`, `<run_dir>/train/history.jsonl` and `learning_curves.png`.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from pipelines.config import Config, add_config_args, config_from_args
+from pipelines.grpo import group_advantages
+from pipelines.reward import reward
+
+POLICIES = ("decomposer", "allocator")
+
+
+def phase_of(step: int, every: int) -> str:
+    return POLICIES[(step // every) % 2]
+
+
+def training_items(trajs, rewards: list[float], group: int, phase: str) -> list[dict]:
+    """Per trajectory (decomposer) or per allocation decision (allocator): the sampled tokens, their
+    sampler logprobs and the trajectory's group advantage. Groups without reward spread carry no
+    signal and are left out."""
+    adv = group_advantages(torch.tensor(rewards).view(-1, group)).view(-1).tolist()
+    items = []
+    for t, a in zip(trajs, adv):
+        if abs(a) < 1e-6:
+            continue
+        if phase == "decomposer":
+            s = t.decomposition.sample
+            if s is not None and s.token_ids:
+                items.append({"prompt": t.decomposition.prompt, "token_ids": s.token_ids,
+                              "old_logprobs": s.logprobs, "advantage": a})
+        else:
+            for st in t.steps:
+                if st.allocation.prompt:
+                    items.append({"prompt": st.allocation.prompt, "tier": st.allocation.tier,
+                                  "old_logprobs": [st.allocation.logprob], "advantage": a})
+    return items
+
+
+def compute_cost_ref(cfg: Config, pool, model_ids, tasks) -> dict[str, float]:
+    """Mean cost per query of the reference (every gold step on the largest model) on train queries."""
+    from benchmarks.baselines import Context, make_method
+
+    ctx = Context(pool, model_ids, cfg.reason, cfg.seed)
+    ref = make_method(f"all:{model_ids[-1]}", ctx)
+    out = {}
+    for name, task in tasks.items():
+        trajs = asyncio.run(ref.run(task.load("train")[: cfg.train.cost_ref_queries], task, ctx))
+        out[name] = sum(t.cost_usd for t in trajs) / len(trajs)
+    return out
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [("reward", "reward"), ("accuracy", "accuracy"), ("cost_per_query", "cost / query (USD)"),
+            ("kl", "KL to reference"), ("sampler_gap", "|learner - sampler| logprob"), ("format_ok", "format ok")]
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6))
+    steps = [h["step"] for h in history]
+    for ax, (k, label) in zip(axes.flat, keys):
+        for phase, color in (("decomposer", "tab:blue"), ("allocator", "tab:orange")):
+            xs = [s for s, h in zip(steps, history) if h["phase"] == phase]
+            ys = [h.get(k, float("nan")) for h in history if h["phase"] == phase]
+            ax.plot(xs, ys, ".", color=color, label=phase, alpha=0.8)
+        ax.plot(steps, [h.get(k, float("nan")) for h in history], "-", color="gray", alpha=0.4, lw=1)
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("GRPO on the tiny world (blue: decomposer phase, orange: allocator phase)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, console, resume: bool = False):
+        import ray
+
+        from actors.learner import Learner
+        from actors.pool import start_pool
+        from actors.rollout import RolloutWorker
+        from actors.runtime import init_ray
+        from pipelines.sft import router_dir
+        from pipelines.zoo import build_world
+
+        self.cfg, self.console = cfg, console
+        self.out = Path(cfg.run_dir) / "train"
+        self.ckpt = self.out / "checkpoint"
+        sft = router_dir(cfg, "sft")
+        if not (sft / "allocator").exists():
+            raise SystemExit(f"no SFT router at {sft}: run `python -m pipelines.sft --config ...` first")
+        init_ray()
+        self.pool = start_pool(cfg)
+        self.model_ids = ray.get(self.pool.model_ids.remote())
+        world = build_world(cfg)
+        self.tasks = {"facts": world.facts, "scan": world.scan}
+        self.train_sets = {n: t.load("train") for n, t in self.tasks.items()}
+        dirs = {p: str(sft / p) for p in POLICIES}
+        cfg_json = cfg.model_dump_json()
+        self.learner = Learner.remote(cfg_json, dirs, self.model_ids, cfg.train.grpo_lr)
+        self.workers = [RolloutWorker.remote(cfg_json, dirs, self.pool, self.model_ids, cfg.seed + i)
+                        for i in range(cfg.train.rollout_workers)]
+        self.state: dict = {"step": 0}
+        if resume and (self.ckpt / "learner.json").exists():
+            meta = ray.get(self.learner.load_checkpoint.remote(str(self.ckpt)))
+            self.state = {**meta["state"], "step": meta["step"]}
+            console.print(f"resumed from {self.ckpt} at step {self.state['step']}")
+        elif not resume and self.out.exists():
+            (self.out / "history.jsonl").unlink(missing_ok=True)
+        if "cost_ref" not in self.state:
+            self.state["cost_ref"] = compute_cost_ref(cfg, self.pool, self.model_ids, self.tasks)
+        self.run = self._wandb()
+
+    def _wandb(self):
+        if self.cfg.wandb.mode == "disabled":
+            return None
+        import wandb
+
+        self.state.setdefault("wandb_id", wandb.util.generate_id())
+        return wandb.init(project=self.cfg.wandb.project, mode=self.cfg.wandb.mode, dir=self.cfg.run_dir,
+                          id=self.state["wandb_id"], resume="allow", job_type="train",
+                          config=self.cfg.model_dump())
+
+    def sync_weights(self) -> float:
+        """Learner -> rollout workers through the object store (one put per policy)."""
+        import ray
+
+        start = time.perf_counter()
+        for name in POLICIES:
+            ref = ray.put(ray.get(self.learner.weights.remote(name)))
+            ray.get([w.set_weights.remote(name, ref, self.state["step"]) for w in self.workers])
+        return time.perf_counter() - start
+
+    def queries(self, step: int) -> list[tuple[str, list]]:
+        """The step's queries, split across tasks and workers (deterministic in seed and step)."""
+        rng = random.Random(self.cfg.seed * 1_000_003 + step)
+        per_task = self.cfg.train.queries_per_step // len(self.tasks)
+        jobs = []
+        for name, train in self.train_sets.items():
+            chosen = rng.sample(train, per_task)
+            n = len(self.workers)
+            jobs += [(name, chosen[i::n]) for i in range(n) if chosen[i::n]]
+        return jobs
+
+    def step(self) -> dict:
+        import ray
+
+        cfg, step = self.cfg, self.state["step"]
+        phase = phase_of(step, cfg.train.alternate_every)
+        t_sync = self.sync_weights()
+        start = time.perf_counter()
+        jobs = self.queries(step)
+        refs = [self.workers[i % len(self.workers)].rollout.remote(name, exs, cfg.train.group_size, phase, step)
+                for i, (name, exs) in enumerate(jobs)]
+        trajs = [t for r in ray.get(refs) for t in r]
+        t_rollout = time.perf_counter() - start
+        rewards = [reward(t.correct, t.cost_usd, t.format_ok, cfg.reward.lam, cfg.reward.beta,
+                          cfg.reward.cost_ref or self.state["cost_ref"][t.task]) for t in trajs]
+        items = training_items(trajs, rewards, cfg.train.group_size, phase)
+        start = time.perf_counter()
+        stats = ray.get(self.learner.grpo_step.remote(phase, items)) if items else {"skipped": 1}
+        t_learner = time.perf_counter() - start
+        groups = torch.tensor(rewards).view(-1, cfg.train.group_size)
+        metrics = {
+            "step": step, "phase": phase, "reward": sum(rewards) / len(rewards),
+            "accuracy": sum(t.correct for t in trajs) / len(trajs),
+            "cost_per_query": sum(t.cost_usd for t in trajs) / len(trajs),
+            "format_ok": sum(t.format_ok for t in trajs) / len(trajs),
+            "groups_with_signal": float((groups.std(-1) > 1e-6).float().mean()),
+            "items": len(items), **{k: v for k, v in stats.items() if k != "step"},
+            "time_sync_s": t_sync, "time_rollout_s": t_rollout, "time_learner_s": t_learner,
+        }
+        self.state["step"] = step + 1
+        return metrics
+
+    def close(self) -> None:
+        import ray
+
+        for actor in [self.learner, *self.workers, self.pool]:
+            ray.kill(actor)
+        if self.run:
+            self.run.finish()
+
+    def checkpoint(self) -> None:
+        import ray
+
+        ray.get(self.learner.set_state.remote({k: v for k, v in self.state.items() if k != "step"}))
+        ray.get(self.learner.save_checkpoint.remote(str(self.ckpt)))
+
+    def fit(self, steps: int | None = None, progress=None) -> list[dict]:
+        import ray
+
+        from pipelines.sft import router_dir
+
+        total = self.cfg.train.grpo_steps if steps is None else steps
+        self.out.mkdir(parents=True, exist_ok=True)
+        bar = progress.add_task("grpo", total=total, completed=self.state["step"]) if progress else None
+        new = []
+        with (self.out / "history.jsonl").open("a") as log:
+            while self.state["step"] < total:
+                m = self.step()
+                new.append(m)
+                log.write(json.dumps(m) + "\n")
+                log.flush()
+                if self.run:
+                    self.run.log({f"train/{k}": v for k, v in m.items() if isinstance(v, (int, float))}, step=m["step"])
+                if progress:
+                    progress.update(bar, advance=1, description=(
+                        f"grpo {m['phase'][:5]} r={m['reward']:.3f} acc={m['accuracy']:.2f}"))
+                if self.state["step"] % self.cfg.train.checkpoint_every == 0 or self.state["step"] == total:
+                    self.checkpoint()
+        history = [json.loads(line) for line in (self.out / "history.jsonl").read_text().splitlines()]
+        if history:
+            plot_curves(history, self.out / "learning_curves.png")
+        ray.get(self.learner.save_pretrained.remote(str(router_dir(self.cfg, "grpo"))))
+        if self.run:
+            self.run.finish()
+        return new
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    from rich.progress import Progress
+
+    from pipelines.zoo import console as make_console
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    console = make_console()
+    start = time.perf_counter()
+    trainer = Trainer(cfg, console, resume=args.resume)
+    with Progress(console=console) as progress:
+        history = trainer.fit(progress=progress)
+    if history:
+        phases = {p: [h for h in history if h["phase"] == p] for p in POLICIES}
+        for p, hs in phases.items():
+            if hs:
+                console.print(f"{p}: {len(hs)} steps, reward {hs[0]['reward']:.3f} -> {hs[-1]['reward']:.3f}, "
+                              f"rollout {sum(h['time_rollout_s'] for h in hs):.0f}s, "
+                              f"learner {sum(h['time_learner_s'] for h in hs):.0f}s, "
+                              f"sync {sum(h['time_sync_s'] for h in hs):.0f}s")
+    console.print(f"grpo router: {Path(cfg.run_dir) / 'router' / 'grpo'} ({time.perf_counter() - start:.0f}s)")
+    return history
+
+
+if __name__ == "__main__":
+    main()
