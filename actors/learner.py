@@ -15,7 +15,7 @@ import torch
 from pipelines.config import Config
 from pipelines.grpo import grpo_loss, pad_sequences
 from policies.policy_lm import PolicyLM
-from policies.router import PolicyRouter
+from policies.router import TEMPLATES, PolicyRouter
 
 POLICIES = ("decomposer", "allocator")
 
@@ -62,6 +62,7 @@ class LearnerImpl:
                                               model_parameters=[p for p in lm.model.parameters() if p.requires_grad])
             self.engines[name] = engine
             self.policies[name] = PolicyLM(engine.module, lm.tokenizer)
+        self.templates = TEMPLATES[self.cfg.router.templates]()
         self.step = 0
         self.state: dict = {}  # the driver's resumable state (phase, cost_ref, W&B run id, ...)
 
@@ -70,11 +71,17 @@ class LearnerImpl:
         return PolicyRouter(None, PolicyLM(model, self.policies["allocator"].tokenizer), self.model_ids,
                             templates=self.cfg.router.templates)
 
+    def _decomposer_logprobs(self, model, prompts: list[str], targets: list[list[int]], temperature: float):
+        """Under the same output restriction the sampler decodes with (tiny world: the query's words)."""
+        tok = self.policies["decomposer"].tokenizer
+        vocab = [self.templates.decompose_vocab(p, tok) for p in prompts]
+        allowed = None if any(v is None for v in vocab) else vocab
+        return PolicyLM(model, tok).token_logprobs(prompts, targets, temperature=temperature, allowed=allowed)
+
     def _logprobs(self, name: str, model, items: list[dict]) -> list[torch.Tensor]:
         if name == "decomposer":
-            lm = PolicyLM(model, self.policies[name].tokenizer)
-            return lm.token_logprobs([it["prompt"] for it in items], [it["token_ids"] for it in items],
-                                     temperature=self.cfg.train.temperature)
+            return self._decomposer_logprobs(model, [it["prompt"] for it in items],
+                                             [it["token_ids"] for it in items], self.cfg.train.temperature)
         logp = self._router(model).tier_logprobs([it["prompt"] for it in items], len(self.model_ids))
         return [logp[i, it["tier"]].view(1) for i, it in enumerate(items)]
 
@@ -90,7 +97,7 @@ class LearnerImpl:
                 - logp.mean(-1).mean() * self.cfg.train.label_smoothing
             acc = float((logp.argmax(-1) == tiers).float().mean())
         else:
-            lps = self.policies[name].token_logprobs(prompts, targets, temperature=1.0)
+            lps = self._decomposer_logprobs(engine.module, prompts, targets, 1.0)
             lp, mask = pad_sequences(lps)
             loss = -(lp * mask).sum() / mask.sum()
             acc = float(torch.stack([(x > -0.693).all() for x in lps]).float().mean())  # every token p > 0.5
@@ -162,4 +169,4 @@ class LearnerImpl:
         return out
 
 
-Learner = ray.remote(num_cpus=1, max_restarts=0)(LearnerImpl)
+Learner = ray.remote(num_cpus=0.5, max_restarts=0)(LearnerImpl)

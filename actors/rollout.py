@@ -45,4 +45,4 @@ class RolloutWorkerImpl:
                                          self.model_ids))
 
 
-RolloutWorker = ray.remote(num_cpus=0.5, max_restarts=2, max_task_retries=2)(RolloutWorkerImpl)
+RolloutWorker = ray.remote(num_cpus=0.25, max_restarts=2, max_task_retries=2)(RolloutWorkerImpl)

@@ -192,8 +192,8 @@ class TrainConfig(Strict):
     init: str | None = None  # zoo model both policies start from (default: the largest)
     zero_stage: int = Field(1, ge=0, le=2)
     sft_epochs: int = Field(8, ge=1)  # allocator
-    sft_epochs_decomposer: int = Field(30, ge=1)
-    sft_lr: float = Field(3e-3, gt=0)
+    sft_epochs_decomposer: int = Field(50, ge=1)
+    sft_lr: float = Field(5e-3, gt=0)
     sft_batch: int = Field(64, ge=1)
     label_smoothing: float = Field(0.2, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
@@ -208,6 +208,11 @@ class TrainConfig(Strict):
     rollout_workers: int = Field(2, ge=1)
     checkpoint_every: int = Field(10, ge=1)
     cost_ref_queries: int = Field(100, ge=1)
+    seed: int = 0  # GRPO's sampling seed (the world keeps `seed`); seed k > 0 writes `*-seed{k}` outputs
+
+    @property
+    def suffix(self) -> str:
+        return f"-seed{self.seed}" if self.seed else ""
 
 
 class ServeConfig(Strict):

@@ -1,22 +1,30 @@
 """The main job on the embedded tiny world, end to end:
 
 1. the tiny model zoo (trained, or reused when cached) and its card;
-2. evaluation of every routing method over the Ray pool of zoo models: results.json, pareto.png and
-   the results table.
+2. SFT labels by search on the real pool, then SFT of the decomposer and allocator (`r2-sft`);
+3. alternating GRPO of both policies on Ray with a DeepSpeed learner (`r2`);
+4. evaluation of R2 and every baseline over the Ray pool: results.json, pareto.png and the table.
 
     python -m pipelines.demo --config configs/tiny.yaml [--limit N]
+
+Each stage's outputs live under `run_dir`; the zoo is reused when its config is unchanged.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
 from pipelines.config import add_config_args, config_from_args
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
+    import ray
+    from rich.progress import Progress
+
     from benchmarks.report import markdown_table
+    from pipelines import labels, sft, train
     from pipelines.evaluate import evaluate
     from pipelines.zoo import CARD, card_table, console as make_console, run_zoo
 
@@ -26,21 +34,46 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     console = make_console()
-    timings = {}
-    start = time.perf_counter()
-    console.rule("1. tiny model zoo")
+    run_dir = Path(cfg.run_dir)
+    timings: dict[str, float] = {}
+
+    def stage(name: str, title: str):
+        console.rule(title)
+        timings[name] = time.perf_counter()
+
+    def done(name: str):
+        timings[name] = time.perf_counter() - timings[name]
+
+    stage("zoo", "1. tiny model zoo")
     card = run_zoo(cfg, console)
     console.print(card_table(card))
     console.print(f"card: {cfg.zoo_dir / CARD}")
-    timings["zoo"] = time.perf_counter() - start
-    console.rule("2. evaluation over the Ray pool")
-    start = time.perf_counter()
-    out = Path(cfg.run_dir) / "eval"
-    results = evaluate(cfg, cfg.eval.methods, args.limit or cfg.eval.limit, out, console)
-    timings["evaluate"] = time.perf_counter() - start
+    done("zoo")
+
+    stage("labels+sft", "2. SFT labels on the pool, then SFT of decomposer and allocator")
+    for stale in (labels.labels_path(cfg).parent, run_dir / "router", run_dir / "train"):
+        shutil.rmtree(stale, ignore_errors=True)  # each run of the main job trains afresh
+    sft_dir = sft.main(["--config", args.config, *(x for o in args.overrides for x in ("--set", o))])
+    done("labels+sft")
+    ray.shutdown()
+
+    stage("grpo", "3. alternating GRPO (Ray rollout workers, DeepSpeed learner)")
+    trainer = train.Trainer(cfg, console)
+    with Progress(console=console) as progress:
+        trainer.fit(progress=progress)
+    trainer.close()
+    done("grpo")
+
+    stage("evaluate", "4. evaluation: R2 (after SFT and after GRPO) and every baseline")
+    out = run_dir / "eval"
+    routers = {"r2-sft": str(sft_dir), "r2": str(sft.router_dir(cfg, "grpo"))}
+    results = evaluate(cfg, cfg.eval.methods, args.limit or cfg.eval.limit, out, console, routers)
+    done("evaluate")
     console.print(markdown_table(results), markup=False)
-    console.print(f"results: {out / 'results.json'}  plot: {out / 'pareto.png'}")
+    console.print(f"results: {out / 'results.json'}  plot: {out / 'pareto.png'}  "
+                  f"learning curves: {run_dir / 'train' / 'learning_curves.png'}")
     console.print("wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    return results
 
 
 if __name__ == "__main__":

@@ -129,6 +129,7 @@ def evaluate(cfg: Config, method_names: list[str], limit: int, out_dir: Path, co
                       f"{cfg.name}: {sum(results['tasks'].values())} test queries ({', '.join(tests)}); "
                       f"reference {reference}")
     _log_wandb(cfg, results)
+    ray.kill(pool)  # its model servers go with it
     return results
 
 

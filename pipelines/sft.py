@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> Path:
         {"history": history, "labels": len(rows), "label_seconds": round(t_labels, 1),
          "seconds": round(time.perf_counter() - start, 1), "init": init}, indent=2))
     console.print(f"sft router: {out} ({time.perf_counter() - start:.0f}s)")
-    ray.kill(learner)
+    for actor in (learner, pool):
+        ray.kill(actor)
     return out
 
 

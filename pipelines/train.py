@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import random
+import uuid
 import time
 from pathlib import Path
 
@@ -103,7 +104,7 @@ class Trainer:
         from pipelines.zoo import build_world
 
         self.cfg, self.console = cfg, console
-        self.out = Path(cfg.run_dir) / "train"
+        self.out = Path(cfg.run_dir) / f"train{cfg.train.suffix}"
         self.ckpt = self.out / "checkpoint"
         sft = router_dir(cfg, "sft")
         if not (sft / "allocator").exists():
@@ -117,7 +118,7 @@ class Trainer:
         dirs = {p: str(sft / p) for p in POLICIES}
         cfg_json = cfg.model_dump_json()
         self.learner = Learner.remote(cfg_json, dirs, self.model_ids, cfg.train.grpo_lr)
-        self.workers = [RolloutWorker.remote(cfg_json, dirs, self.pool, self.model_ids, cfg.seed + i)
+        self.workers = [RolloutWorker.remote(cfg_json, dirs, self.pool, self.model_ids, 1000 * cfg.train.seed + i)
                         for i in range(cfg.train.rollout_workers)]
         self.state: dict = {"step": 0}
         if resume and (self.ckpt / "learner.json").exists():
@@ -135,7 +136,7 @@ class Trainer:
             return None
         import wandb
 
-        self.state.setdefault("wandb_id", wandb.util.generate_id())
+        self.state.setdefault("wandb_id", uuid.uuid4().hex[:8])
         return wandb.init(project=self.cfg.wandb.project, mode=self.cfg.wandb.mode, dir=self.cfg.run_dir,
                           id=self.state["wandb_id"], resume="allow", job_type="train",
                           config=self.cfg.model_dump())
@@ -152,7 +153,7 @@ class Trainer:
 
     def queries(self, step: int) -> list[tuple[str, list]]:
         """The step's queries, split across tasks and workers (deterministic in seed and step)."""
-        rng = random.Random(self.cfg.seed * 1_000_003 + step)
+        rng = random.Random(self.cfg.train.seed * 1_000_003 + step)
         per_task = self.cfg.train.queries_per_step // len(self.tasks)
         jobs = []
         for name, train in self.train_sets.items():
@@ -231,7 +232,7 @@ class Trainer:
         history = [json.loads(line) for line in (self.out / "history.jsonl").read_text().splitlines()]
         if history:
             plot_curves(history, self.out / "learning_curves.png")
-        ray.get(self.learner.save_pretrained.remote(str(router_dir(self.cfg, "grpo"))))
+        ray.get(self.learner.save_pretrained.remote(str(router_dir(self.cfg, "grpo" + self.cfg.train.suffix))))
         if self.run:
             self.run.finish()
         return new
@@ -260,7 +261,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                               f"rollout {sum(h['time_rollout_s'] for h in hs):.0f}s, "
                               f"learner {sum(h['time_learner_s'] for h in hs):.0f}s, "
                               f"sync {sum(h['time_sync_s'] for h in hs):.0f}s")
-    console.print(f"grpo router: {Path(cfg.run_dir) / 'router' / 'grpo'} ({time.perf_counter() - start:.0f}s)")
+    console.print(f"grpo router: {Path(cfg.run_dir) / 'router' / ('grpo' + cfg.train.suffix)} "
+                  f"({time.perf_counter() - start:.0f}s)")
     return history
 
 

@@ -47,29 +47,39 @@ class PolicyLM:
     def encode(self, prompts: list[str]) -> dict:
         return self.tokenizer(prompts, return_tensors="pt", padding=True)
 
+    def _mask(self, allowed: list[list[int]] | None, n: int, vocab: int) -> torch.Tensor | None:
+        """Additive logit mask [n, vocab]: 0 for each row's allowed ids, -inf elsewhere."""
+        if allowed is None:
+            return None
+        mask = torch.full((n, vocab), float("-inf"))
+        for i, ids in enumerate(allowed):
+            mask[i, ids] = 0.0
+        return mask
+
     @torch.no_grad()
     def sample(self, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
-               allowed: list[int] | None = None, generator: torch.Generator | None = None) -> list[Sample]:
+               allowed: list[list[int]] | None = None, generator: torch.Generator | None = None) -> list[Sample]:
         """One completion per prompt, decoded token by token with a KV cache; temperature 0 = greedy.
-        `allowed` restricts every generated token to those ids (plus nothing else, not even EOS)."""
+        `allowed[i]` restricts every token generated for prompt i to those ids (include EOS to stop)."""
         self.model.eval()
         enc = self.encode(prompts)
-        ids, mask = enc.input_ids, enc.attention_mask
+        ids, attn = enc.input_ids, enc.attention_mask
         n = ids.shape[0]
         done = torch.zeros(n, dtype=torch.bool)
         out_ids: list[list[int]] = [[] for _ in range(n)]
         out_lp: list[list[float]] = [[] for _ in range(n)]
-        past, pos = None, (mask.cumsum(-1) - 1).clamp(min=0)
+        past, pos = None, (attn.cumsum(-1) - 1).clamp(min=0)
+        vocab_mask = None
         step_ids = ids
         for _ in range(max_new_tokens):
-            res = self.model(input_ids=step_ids, attention_mask=mask, position_ids=pos, past_key_values=past,
+            res = self.model(input_ids=step_ids, attention_mask=attn, position_ids=pos, past_key_values=past,
                              use_cache=True)
             past = res.past_key_values
             logits = res.logits[:, -1, :].float()
-            if allowed is not None:
-                keep = torch.full_like(logits, float("-inf"))
-                keep[:, allowed] = 0.0
-                logits = logits + keep
+            if vocab_mask is None and allowed is not None:
+                vocab_mask = self._mask(allowed, n, logits.shape[-1])
+            if vocab_mask is not None:
+                logits = logits + vocab_mask
             if temperature >= 1e-3:
                 logp = (logits / temperature).log_softmax(-1)
                 tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
@@ -82,10 +92,10 @@ class PolicyLM:
                     out_ids[i].append(int(tok[i]))
                     out_lp[i].append(float(lp[i]))
             done |= tok == self.eos_id
-            if allowed is None and bool(done.all()):
+            if bool(done.all()):
                 break
             step_ids = tok[:, None]
-            mask = torch.cat([mask, torch.ones(n, 1, dtype=mask.dtype)], dim=1)
+            attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype)], dim=1)
             pos = pos[:, -1:] + 1
         return [
             Sample(self.tokenizer.decode([t for t in ids_ if t != self.eos_id], skip_special_tokens=True).strip(),
@@ -94,7 +104,7 @@ class PolicyLM:
         ]
 
     def token_logprobs(self, prompts: list[str], completions: list[list[int]],
-                       temperature: float = 1.0, allowed: list[int] | None = None) -> list[torch.Tensor]:
+                       temperature: float = 1.0, allowed: list[list[int]] | None = None) -> list[torch.Tensor]:
         """Differentiable logprobs of the given completion tokens after each prompt (the quantity the
         GRPO ratio and KL use), under the same temperature / restriction the sampler used."""
         enc = self.encode(prompts)
@@ -112,9 +122,7 @@ class PolicyLM:
         p = enc.input_ids.shape[1]
         logits = logits[:, p - 1: p - 1 + width, :]
         if allowed is not None:
-            keep = torch.full((logits.shape[-1],), float("-inf"))
-            keep[allowed] = 0.0
-            logits = logits + keep
+            logits = logits + self._mask(allowed, len(prompts), logits.shape[-1])[:, None, :]
         if temperature > 0:
             logits = logits / temperature
         lp = logits.log_softmax(-1).gather(-1, comp[..., None]).squeeze(-1)

@@ -12,7 +12,9 @@ import torch
 from benchmarks.tasks.base import Example, Task
 from policies.parsers import Decomposition, format_decomposition, parse_decomposition
 from policies.policy_lm import PolicyLM, Sample
-from policies.tiny_lm import MODEL_SLOTS, format_prompt
+from policies.tiny_lm import MODEL_SLOTS, ROUTER_WORDS, STEP_SEP, format_prompt
+
+REFS = [w for w in ROUTER_WORDS if w.startswith("#")]
 
 
 @dataclass
@@ -67,6 +69,11 @@ class TinyTemplates:
     def decompose_prompt(self, query: str, tokenizer) -> str:
         return format_prompt(f"decompose {query}")
 
+    def decompose_vocab(self, prompt: str, tokenizer) -> list[int]:
+        """A tiny decomposition only uses the query's own words, step separators and references."""
+        words = prompt.split()[1:-1]  # drop "decompose" and the separator
+        return sorted(set(tokenizer.convert_tokens_to_ids([*words, STEP_SEP, *REFS])) | {tokenizer.eos_token_id})
+
     def allocate_prompt(self, step_text: str, model_ids: list[str], tokenizer) -> str:
         return format_prompt(f"allocate {step_text}")
 
@@ -93,6 +100,9 @@ class ChatTemplates:
 
     def decompose_prompt(self, query: str, tokenizer) -> str:
         return self._chat(self.decompose_instruction.format(query=query), tokenizer) + "step 1:"
+
+    def decompose_vocab(self, prompt: str, tokenizer) -> None:
+        return None  # free text
 
     def allocate_prompt(self, step_text: str, model_ids: list[str], tokenizer) -> str:
         return self._chat(self.allocate_instruction.format(models=", ".join(model_ids), step=step_text), tokenizer)
@@ -132,9 +142,13 @@ class PolicyRouter(Router):
         tok = self.decomposer.tokenizer
         prompts = [self.templates.decompose_prompt(ex.query, tok) for ex in examples]
         samples = self.decomposer.sample(prompts, self.max_tokens, self.decompose_temperature,
-                                         generator=self.generator)
+                                         allowed=self.decompose_vocab(prompts), generator=self.generator)
         return [DecomposeDecision(parse_decomposition(self._prefix + s.text, self.max_steps), p, s)
                 for p, s in zip(prompts, samples)]
+
+    def decompose_vocab(self, prompts: list[str]) -> list[list[int]] | None:
+        vocab = [self.templates.decompose_vocab(p, self.decomposer.tokenizer) for p in prompts]
+        return None if any(v is None for v in vocab) else vocab
 
     def tier_logprobs(self, prompts: list[str], n_tiers: int) -> torch.Tensor:
         """[len(prompts), n_tiers] log-softmax over the tiers' candidate scores (differentiable)."""

@@ -42,6 +42,6 @@ def ray_local():
 
     from actors.runtime import init_ray
 
-    init_ray(num_cpus=2)
+    init_ray(num_cpus=8)  # logical CPUs: room for every module's actors on a 2-core machine
     yield ray
     ray.shutdown()

@@ -90,6 +90,8 @@ def endpoint(pool_config: Config) -> Iterator:
         yield ep
     finally:
         serve.shutdown()
+        if "ep" in locals():
+            ray.kill(ep.pool)  # its model servers go with it
         if ours:
             ray.shutdown()
 
