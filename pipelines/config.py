@@ -209,6 +209,7 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(10, ge=1)
     cost_ref_queries: int = Field(100, ge=1)
     seed: int = 0  # GRPO's sampling seed (the world keeps `seed`); seed k > 0 writes `*-seed{k}` outputs
+    demo_seeds: list[int] = [0, 1]  # GRPO runs of the main job (their spread is reported)
 
     @property
     def suffix(self) -> str:

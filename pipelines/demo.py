@@ -58,20 +58,29 @@ def main(argv: list[str] | None = None) -> dict:
     ray.shutdown()
 
     stage("grpo", "3. alternating GRPO (Ray rollout workers, DeepSpeed learner)")
-    trainer = train.Trainer(cfg, console)
-    with Progress(console=console) as progress:
-        trainer.fit(progress=progress)
-    trainer.close()
+    routers = {"r2-sft": str(sft_dir)}
+    for seed in cfg.train.demo_seeds:
+        seeded = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
+        trainer = train.Trainer(seeded, console)
+        with Progress(console=console) as progress:
+            trainer.fit(progress=progress)
+        trainer.close()
+        routers["r2" + seeded.train.suffix] = str(sft.router_dir(cfg, "grpo" + seeded.train.suffix))
     done("grpo")
 
     stage("evaluate", "4. evaluation: R2 (after SFT and after GRPO) and every baseline")
     out = run_dir / "eval"
-    routers = {"r2-sft": str(sft_dir), "r2": str(sft.router_dir(cfg, "grpo"))}
     results = evaluate(cfg, cfg.eval.methods, args.limit or cfg.eval.limit, out, console, routers)
     done("evaluate")
     console.print(markdown_table(results), markup=False)
     console.print(f"results: {out / 'results.json'}  plot: {out / 'pareto.png'}  "
                   f"learning curves: {run_dir / 'train' / 'learning_curves.png'}")
+    seeds = [m for m in results["methods"] if m == "r2" or m.startswith("r2-seed")]
+    if len(seeds) > 1:
+        rewards = [results["methods"][m]["reward"] for m in seeds]
+        sft_reward = results["methods"]["r2-sft"]["reward"]
+        console.print(f"GRPO vs SFT: reward {', '.join(f'{m} {r:.4f}' for m, r in zip(seeds, rewards))} "
+                      f"vs r2-sft {sft_reward:.4f}; seed spread {max(rewards) - min(rewards):.4f}")
     console.print("wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     return results
 

@@ -58,7 +58,8 @@ def test_two_grpo_steps_then_resume_reproduces(sft_config):
     assert ray.get(resumed.learner.optimizer_state_digest.remote()) == pytest.approx(digest)
     again = resumed.step()
     resumed.close()
-    for k in ("phase", "reward", "accuracy", "cost_per_query", "items"):
+    assert again["phase"] == third["phase"]
+    for k in ("reward", "accuracy", "cost_per_query", "items"):
         assert again[k] == pytest.approx(third[k], rel=1e-6), k
     for k in ("loss", "kl", "sampler_gap"):
         if k in third:
