@@ -44,7 +44,7 @@ class Method(abc.ABC):
     @abc.abstractmethod
     async def run(self, examples: list[Example], task: Task, ctx: Context) -> list[Trajectory]: ...
 
-    def with_knob(self, value: float) -> "Method":
+    def with_knob(self, value: float) -> Method:
         raise NotImplementedError(f"{self.name} has no knob")
 
 
@@ -63,10 +63,15 @@ class FixedRouter(Router):
 
 
 class RouterMethod(Method):
-    """Any `Router` run through the chain (with or without the procedural review)."""
+    """Any `Router` run through the chain (with or without the procedural review, whose confidence
+    threshold tau is then the method's knob)."""
 
     def __init__(self, name: str, router: Router, review: bool = False, reason: dict | None = None):
         self.name, self.router, self.review, self.reason_overrides = name, router, review, reason or {}
+        self.knob = "tau" if review else None
+
+    def with_knob(self, value):
+        return RouterMethod(self.name, self.router, self.review, {**self.reason_overrides, "tau": value})
 
     async def run(self, examples, task, ctx):
         cfg = ctx.reason.model_copy(update=self.reason_overrides)
@@ -95,8 +100,6 @@ def random_method(ctx: Context, _: str | None = None) -> Method:
 
 
 class TwoTier(RouterMethod):
-    knob = "tau"
-
     def __init__(self, tau: float | None = None):
         overrides = {"escalation": "top", "max_escalations": 1, **({"tau": tau} if tau is not None else {})}
         super().__init__("two-tier", FixedRouter("two-tier", GoldDecomposition(), lambda *_: 0), True, overrides)

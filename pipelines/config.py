@@ -155,7 +155,7 @@ class EvalConfig(Strict):
     methods: list[str] = ["single:*", "all:*", "random", "task-router", "cascade", "two-tier"]
     tasks: list[str] = ["facts", "scan"]
     limit: int = Field(500, ge=1)  # test queries per task
-    sweep_tau: list[float] = [0.2, 0.4, 0.6, 0.8, 0.95]  # knob sweep of confidence-based methods (AIQ)
+    sweep_tau: list[float] = [0.3, 0.7, 0.95]  # knob sweep of confidence-based methods (AIQ curves)
     task_router_train: int = Field(400, ge=1)  # train queries per task labelled for the task-router
 
 

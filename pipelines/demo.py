@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> dict:
     from benchmarks.report import markdown_table
     from pipelines import labels, sft, train
     from pipelines.evaluate import evaluate
-    from pipelines.zoo import CARD, card_table, console as make_console, run_zoo
+    from pipelines.zoo import CARD, card_table, run_zoo
+    from pipelines.zoo import console as make_console
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)

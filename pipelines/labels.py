@@ -154,7 +154,7 @@ async def build_labels(cfg: Config, pool, model_ids: list[str], tasks: dict[str,
         queries, n_alloc = select_queries(cfg, task.load("train"))
         bar = progress.add_task(f"labels {name}", total=len(queries)) if progress else None
 
-        async def one(i, ex):
+        async def one(i, ex, search=search, n_alloc=n_alloc, bar=bar):
             out = await search.label(ex, allocate=i < n_alloc)
             if progress:
                 progress.advance(bar)
@@ -173,13 +173,33 @@ def labels_path(cfg: Config) -> Path:
     return Path(cfg.run_dir) / "labels" / "labels.jsonl"
 
 
+def write_labels(cfg: Config, pool, model_ids: list[str], console, progress=None) -> list[dict]:
+    """Search labels for the tiny world's tasks and write them (and their stats) under run_dir."""
+    from pipelines.zoo import build_world
+
+    world = build_world(cfg)
+    start = time.perf_counter()
+    rows, stats = asyncio.run(build_labels(cfg, pool, model_ids, {"facts": world.facts, "scan": world.scan}, progress))
+    path = labels_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path.parent / "stats.json").write_text(json.dumps(stats, indent=2))
+    console.print(f"labels: {len(rows)} queries in {time.perf_counter() - start:.0f}s -> {path}")
+    console.print(stats)
+    return rows
+
+
+def read_labels(cfg: Config) -> list[dict]:
+    return [json.loads(line) for line in labels_path(cfg).read_text().splitlines()]
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     import ray
     from rich.progress import Progress
 
     from actors.pool import start_pool
     from actors.runtime import init_ray
-    from pipelines.zoo import build_world, console as make_console
+    from pipelines.zoo import console as make_console
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
@@ -187,17 +207,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     console = make_console()
     init_ray()
     pool = start_pool(cfg)
-    model_ids = ray.get(pool.model_ids.remote())
-    world = build_world(cfg)
-    start = time.perf_counter()
     with Progress(console=console) as progress:
-        rows, stats = asyncio.run(build_labels(cfg, pool, model_ids, {"facts": world.facts, "scan": world.scan}, progress))
-    path = labels_path(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (path.parent / "stats.json").write_text(json.dumps(stats, indent=2))
-    console.print(f"labels: {len(rows)} queries in {time.perf_counter() - start:.0f}s -> {path}")
-    console.print(stats)
+        rows = write_labels(cfg, pool, ray.get(pool.model_ids.remote()), console, progress)
+    ray.kill(pool)
     return rows
 
 

@@ -35,14 +35,15 @@ def load_router(cfg: Config, model_ids: list[str]):
             f"UNTRAINED router (policies initialised from {init}; decomposition: {r.decomposer})")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None):
     import ray
     from rich.table import Table
 
     from actors.pool import start_pool
     from actors.runtime import init_ray
     from pipelines.reason import reason
-    from pipelines.zoo import build_world, console as make_console
+    from pipelines.zoo import build_world
+    from pipelines.zoo import console as make_console
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
@@ -80,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     verdict = "correct" if t.correct >= 1 else f"wrong (gold: {t.gold})"
     console.print(f"final answer: {t.answer}   [{verdict}]   total cost: ${t.cost_usd:.3g} "
                   f"({len(t.calls)} calls, paper-pool prices)")
+    ray.kill(pool)
+    return t
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ the label search first when `<run_dir>/labels/labels.jsonl` is missing. Writes `
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import random
 import time
@@ -74,8 +73,8 @@ def main(argv: list[str] | None = None) -> Path:
     from actors.learner import Learner
     from actors.pool import start_pool
     from actors.runtime import init_ray
-    from pipelines.labels import build_labels, labels_path
-    from pipelines.zoo import build_world, console as make_console
+    from pipelines.labels import labels_path, read_labels, write_labels
+    from pipelines.zoo import console as make_console
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
@@ -84,18 +83,11 @@ def main(argv: list[str] | None = None) -> Path:
     init_ray()
     pool = start_pool(cfg)
     model_ids = ray.get(pool.model_ids.remote())
-    path = labels_path(cfg)
     start = time.perf_counter()
     with Progress(console=console) as progress:
-        if not path.exists():
-            world = build_world(cfg)
-            rows, stats = asyncio.run(build_labels(cfg, pool, model_ids, {"facts": world.facts, "scan": world.scan},
-                                                   progress))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            (path.parent / "stats.json").write_text(json.dumps(stats, indent=2))
-            console.print(f"labels: {stats}")
-        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        if not labels_path(cfg).exists():
+            write_labels(cfg, pool, model_ids, console, progress)
+        rows = read_labels(cfg)
         t_labels = time.perf_counter() - start
         init = str(init_dir(cfg))
         learner = Learner.remote(cfg.model_dump_json(), {"decomposer": init, "allocator": init}, model_ids,

@@ -15,8 +15,8 @@ import argparse
 import asyncio
 import json
 import random
-import uuid
 import time
+import uuid
 from pathlib import Path
 
 import torch

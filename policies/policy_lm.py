@@ -4,6 +4,7 @@ Tiny policies are built from the tiny world's tokenizer; at scale any HF folder 
 instruct model) loads the same way, with optional LoRA adapters (peft)."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ class PolicyLM:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, lora: dict | None = None) -> "PolicyLM":
+    def from_pretrained(cls, path: str | Path, lora: dict | None = None) -> PolicyLM:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
@@ -71,10 +72,12 @@ class PolicyLM:
         past, pos = None, (attn.cumsum(-1) - 1).clamp(min=0)
         vocab_mask = None
         step_ids = ids
+        # the KV-cache argument is `cache` in recent transformers, `past_key_values` before
+        cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         for _ in range(max_new_tokens):
-            res = self.model(input_ids=step_ids, attention_mask=attn, position_ids=pos, past_key_values=past,
-                             use_cache=True)
-            past = res.past_key_values
+            res = self.model(input_ids=step_ids, attention_mask=attn, position_ids=pos, use_cache=True,
+                             **{cache_kw: past})
+            past = getattr(res, cache_kw)
             logits = res.logits[:, -1, :].float()
             if vocab_mask is None and allowed is not None:
                 vocab_mask = self._mask(allowed, n, logits.shape[-1])

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pipelines.grpo import grpo_loss, group_advantages, k3_kl, pad_sequences
+from pipelines.grpo import group_advantages, grpo_loss, k3_kl, pad_sequences
 from pipelines.reward import reward
 
 

@@ -38,8 +38,9 @@ def test_malformed_outputs_are_flagged():
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.text(max_size=12), min_size=1, max_size=8), st.integers(1, 8), st.floats(0, 2))
 def test_allocator_never_names_a_model_outside_the_pool(step_texts, n_tiers, temperature):
-    from policies.router import PolicyRouter
     from tests_support import tiny_policy
+
+    from policies.router import PolicyRouter
 
     router = PolicyRouter(None, tiny_policy(), [f"m{i}" for i in range(8)], temperature=temperature)
     for d in router.allocate(step_texts, [None] * len(step_texts), n_tiers):

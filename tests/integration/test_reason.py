@@ -115,3 +115,15 @@ def test_evaluate_writes_results_and_plot(zoo_config, ray_local, tmp_path):
         assert {"accuracy", "cost_per_query", "reward", "latency_per_query", "calls_per_query", "n"} <= set(m)
         assert m["n"] == 24 and name in saved["aiq"]
     assert (tmp_path / "pareto.png").stat().st_size > 10_000
+
+
+def test_route_cli_shows_every_decision(zoo_config, ray_local, capsys):
+    from pipelines.route import main
+
+    world_query = "jump twice after walk left"
+    t = main(["--config", "configs/test.yaml", "--set", f"run_dir={zoo_config.run_dir}", world_query])
+    out = capsys.readouterr().out
+    assert "UNTRAINED router" in out and "final answer:" in out and "total cost:" in out
+    assert [s.text for s in t.steps] == ["walk left", "jump twice"]  # gold decomposition until trained
+    with pytest.raises(SystemExit, match="not a query of"):
+        main(["--config", "configs/test.yaml", "--set", f"run_dir={zoo_config.run_dir}", "hello world"])
