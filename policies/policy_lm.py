@@ -25,11 +25,17 @@ class PolicyLM:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     @classmethod
-    def from_pretrained(cls, path: str | Path, lora: dict | None = None) -> PolicyLM:
+    def from_pretrained(cls, path: str | Path, lora: dict | None = None, device: str | None = None) -> PolicyLM:
+        """Loads on `device` (default: the GPU when there is one, else the CPU)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device)
         if lora:
             from peft import LoraConfig, get_peft_model
 
@@ -46,13 +52,13 @@ class PolicyLM:
         return self.tokenizer.eos_token_id
 
     def encode(self, prompts: list[str]) -> dict:
-        return self.tokenizer(prompts, return_tensors="pt", padding=True)
+        return self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
 
     def _mask(self, allowed: list[list[int]] | None, n: int, vocab: int) -> torch.Tensor | None:
         """Additive logit mask [n, vocab]: 0 for each row's allowed ids, -inf elsewhere."""
         if allowed is None:
             return None
-        mask = torch.full((n, vocab), float("-inf"))
+        mask = torch.full((n, vocab), float("-inf"), device=self.device)
         for i, ids in enumerate(allowed):
             mask[i, ids] = 0.0
         return mask
@@ -66,7 +72,7 @@ class PolicyLM:
         enc = self.encode(prompts)
         ids, attn = enc.input_ids, enc.attention_mask
         n = ids.shape[0]
-        done = torch.zeros(n, dtype=torch.bool)
+        done = torch.zeros(n, dtype=torch.bool, device=self.device)
         out_ids: list[list[int]] = [[] for _ in range(n)]
         out_lp: list[list[float]] = [[] for _ in range(n)]
         past, pos = None, (attn.cumsum(-1) - 1).clamp(min=0)
@@ -85,20 +91,22 @@ class PolicyLM:
                 logits = logits + vocab_mask
             if temperature >= 1e-3:
                 logp = (logits / temperature).log_softmax(-1)
-                tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+                # sampled on the CPU with the caller's generator: the same draws on any device
+                tok = torch.multinomial(logp.exp().cpu(), 1, generator=generator).squeeze(-1).to(logp.device)
             else:
                 logp = logits.log_softmax(-1)
                 tok = logp.argmax(-1)
             lp = logp.gather(-1, tok[:, None]).squeeze(-1)
+            tok_list, lp_list = tok.tolist(), lp.tolist()
             for i in range(n):
                 if not done[i]:
-                    out_ids[i].append(int(tok[i]))
-                    out_lp[i].append(float(lp[i]))
+                    out_ids[i].append(tok_list[i])
+                    out_lp[i].append(lp_list[i])
             done |= tok == self.eos_id
             if bool(done.all()):
                 break
             step_ids = tok[:, None]
-            attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype)], dim=1)
+            attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype, device=attn.device)], dim=1)
             pos = pos[:, -1:] + 1
         return [
             Sample(self.tokenizer.decode([t for t in ids_ if t != self.eos_id], skip_special_tokens=True).strip(),
@@ -113,10 +121,10 @@ class PolicyLM:
         enc = self.encode(prompts)
         width = max(len(c) for c in completions)
         pad = self.tokenizer.pad_token_id
-        comp = torch.full((len(prompts), width), pad, dtype=torch.long)
+        comp = torch.full((len(prompts), width), pad, dtype=torch.long, device=self.device)
         comp_mask = torch.zeros_like(comp)
         for i, c in enumerate(completions):
-            comp[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+            comp[i, : len(c)] = torch.tensor(c, dtype=torch.long, device=self.device)
             comp_mask[i, : len(c)] = 1
         ids = torch.cat([enc.input_ids, comp], dim=1)
         mask = torch.cat([enc.attention_mask, comp_mask], dim=1)

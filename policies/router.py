@@ -165,7 +165,7 @@ class PolicyRouter(Router):
         tok = self.allocator.tokenizer
         prompts = [self.templates.allocate_prompt(t, self.model_ids[:n_tiers], tok) for t in step_texts]
         with torch.no_grad():
-            logp = self.tier_logprobs(prompts, n_tiers)
+            logp = self.tier_logprobs(prompts, n_tiers).cpu()
         if self.temperature > 0:
             tiers = torch.multinomial(logp.exp(), 1, generator=self.generator).squeeze(-1).tolist()
         else:

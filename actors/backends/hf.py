@@ -20,8 +20,8 @@ class HFBackend(Backend):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        self.model.eval()
+        device = spec.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
         # an instruct model: each prompt becomes one user turn of its chat template
         self.chat = bool(spec.get("chat")) and bool(getattr(self.tokenizer, "chat_template", None))
         if spec.get("chat") and not self.chat:
@@ -49,14 +49,14 @@ class HFBackend(Backend):
                 output_logits=True, return_dict_in_generate=True,
                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
             )
-        new = out.sequences[:, enc.input_ids.shape[1]:]
+        new = out.sequences[:, enc.input_ids.shape[1]:].cpu()
         # temperature-1 logprobs of the chosen tokens, from the raw logits
         logps = torch.stack(out.logits, dim=1).float().log_softmax(-1)
-        chosen = logps.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        chosen = logps.cpu().gather(-1, new.unsqueeze(-1)).squeeze(-1)
         latency = time.perf_counter() - start
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         results = []
-        for i, prompt_mask in enumerate(enc.attention_mask):
+        for i, prompt_mask in enumerate(enc.attention_mask.cpu()):
             ids = new[i].tolist()
             finish = "length"
             if eos in ids:
