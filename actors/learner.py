@@ -12,6 +12,7 @@ from pathlib import Path
 import ray
 import torch
 
+from actors.weight_sync import WeightGroupMember
 from pipelines.config import Config
 from pipelines.grpo import grpo_loss, pad_sequences
 from policies.policy_lm import PolicyLM
@@ -44,7 +45,7 @@ def ds_config(cfg: Config, lr: float) -> dict:
     }
 
 
-class LearnerImpl:
+class LearnerImpl(WeightGroupMember):
     def __init__(self, cfg_json: str, init_dirs: dict[str, str], model_ids: list[str], lr: float):
         import deepspeed
 
@@ -129,6 +130,13 @@ class LearnerImpl:
     # -- weights and checkpoints -----------------------------------------------------------------------
     def weights(self, name: str) -> dict:
         return {k: v.detach().cpu().clone() for k, v in self.engines[name].module.state_dict().items()}
+
+    def send_weights(self, name: str) -> None:
+        """Broadcast `name`'s weights to the rollout workers' weight group (CollectiveSync)."""
+        self._broadcast_state(self.engines[name].module.state_dict(), source=True)
+
+    def weights_digest(self, name: str) -> float:
+        return float(sum(p.detach().double().abs().sum() for p in self.engines[name].module.parameters()))
 
     def save_pretrained(self, out_dir: str) -> None:
         for name in POLICIES:

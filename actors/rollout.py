@@ -8,13 +8,14 @@ import asyncio
 import ray
 import torch
 
+from actors.weight_sync import WeightGroupMember
 from pipelines.config import Config
 from pipelines.reason import Trajectory, areason_batch
 from policies.policy_lm import PolicyLM
 from policies.router import PolicyRouter
 
 
-class RolloutWorkerImpl:
+class RolloutWorkerImpl(WeightGroupMember):
     def __init__(self, cfg_json: str, init_dirs: dict[str, str], pool, model_ids: list[str], seed: int):
         from pipelines.zoo import build_world
 
@@ -30,6 +31,15 @@ class RolloutWorkerImpl:
         self.policies[name].model.load_state_dict(state)
         self.version[name] = version
         return version
+
+    def receive_weights(self, name: str, version: int) -> int:
+        """Receive `name`'s weights from the learner's broadcast (CollectiveSync)."""
+        self._broadcast_state(self.policies[name].model.state_dict(), source=False)
+        self.version[name] = version
+        return version
+
+    def weights_digest(self, name: str) -> float:
+        return float(sum(p.detach().double().abs().sum() for p in self.policies[name].model.parameters()))
 
     def rollout(self, task_name: str, examples: list, group_size: int, phase: str, step: int) -> list[Trajectory]:
         """G samples per example (consecutive in the result). The trained policy of `phase` samples at

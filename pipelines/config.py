@@ -206,6 +206,8 @@ class TrainConfig(Strict):
     kl_coef: float = Field(0.2, ge=0)
     temperature: float = Field(1.0, gt=0)
     rollout_workers: int = Field(2, ge=1)
+    weight_sync: Literal["object_store", "collective"] = "object_store"  # collective: NCCL/gloo broadcast
+    sync_backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl with a GPU, else gloo
     checkpoint_every: int = Field(10, ge=1)
     cost_ref_queries: int = Field(100, ge=1)
     seed: int = 0  # GRPO's sampling seed (the world keeps `seed`); seed k > 0 writes `*-seed{k}` outputs

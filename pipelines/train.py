@@ -100,6 +100,7 @@ class Trainer:
         from actors.pool import start_pool
         from actors.rollout import RolloutWorker
         from actors.runtime import init_ray
+        from actors.weight_sync import make_sync
         from pipelines.sft import router_dir
         from pipelines.zoo import build_world
 
@@ -120,6 +121,7 @@ class Trainer:
         self.learner = Learner.remote(cfg_json, dirs, self.model_ids, cfg.train.grpo_lr)
         self.workers = [RolloutWorker.remote(cfg_json, dirs, self.pool, self.model_ids, 1000 * cfg.train.seed + i)
                         for i in range(cfg.train.rollout_workers)]
+        self.sync = make_sync(cfg.train.weight_sync, self.learner, self.workers, POLICIES, cfg.train.sync_backend)
         self.state: dict = {"step": 0}
         if resume and (self.ckpt / "learner.json").exists():
             meta = ray.get(self.learner.load_checkpoint.remote(str(self.ckpt)))
@@ -141,16 +143,6 @@ class Trainer:
                           id=self.state["wandb_id"], resume="allow", job_type="train",
                           config=self.cfg.model_dump())
 
-    def sync_weights(self) -> float:
-        """Learner -> rollout workers through the object store (one put per policy)."""
-        import ray
-
-        start = time.perf_counter()
-        for name in POLICIES:
-            ref = ray.put(ray.get(self.learner.weights.remote(name)))
-            ray.get([w.set_weights.remote(name, ref, self.state["step"]) for w in self.workers])
-        return time.perf_counter() - start
-
     def queries(self, step: int) -> list[tuple[str, list]]:
         """The step's queries, split across tasks and workers (deterministic in seed and step)."""
         rng = random.Random(self.cfg.train.seed * 1_000_003 + step)
@@ -167,7 +159,7 @@ class Trainer:
 
         cfg, step = self.cfg, self.state["step"]
         phase = phase_of(step, cfg.train.alternate_every)
-        t_sync = self.sync_weights()
+        t_sync = self.sync.push(step)  # learner -> rollout workers
         start = time.perf_counter()
         jobs = self.queries(step)
         refs = [self.workers[i % len(self.workers)].rollout.remote(name, exs, cfg.train.group_size, phase, step)
