@@ -308,6 +308,13 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def config_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The argument parser every entry point starts from: its docstring plus --config and --set."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    return parser
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     try:
         return load_config(args.config, args.overrides)

@@ -11,12 +11,11 @@ Each stage's outputs live under `run_dir`; the zoo is reused when its config is 
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import time
 from pathlib import Path
 
-from pipelines.config import add_config_args, config_from_args
+from pipelines.config import config_from_args, config_parser
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -29,8 +28,7 @@ def main(argv: list[str] | None = None) -> dict:
     from pipelines.zoo import CARD, card_table, run_zoo
     from pipelines.zoo import console as make_console
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
+    parser = config_parser(__doc__)
     parser.add_argument("--limit", type=int, help="test queries per task (default: eval.limit)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)

@@ -9,13 +9,12 @@ calls_per_query, n, decomposer, tasks: {...}, curve}}, "aiq": {name: value}, ...
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import time
 from pathlib import Path
 
-from pipelines.config import Config, add_config_args, config_from_args
+from pipelines.config import Config, config_from_args, config_parser
 
 
 def metrics(trajs, cost_ref: dict[str, float], cfg: Config) -> dict:
@@ -153,8 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     from benchmarks.report import markdown_table
     from pipelines.zoo import console as make_console
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
+    parser = config_parser(__doc__)
     parser.add_argument("--methods", nargs="+", help="methods to run (default: eval.methods in the config)")
     parser.add_argument("--limit", type=int, help="test queries per task (default: eval.limit)")
     parser.add_argument("--out", help="output folder (default: <run_dir>/eval)")

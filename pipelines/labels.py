@@ -17,7 +17,6 @@ Writes `<run_dir>/labels/labels.jsonl`, one labelled query per line.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import random
@@ -26,7 +25,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from benchmarks.tasks.base import Example, Task
-from pipelines.config import Config, add_config_args, config_from_args
+from pipelines.config import Config, config_from_args, config_parser
 from pipelines.reason import Trajectory, areason_batch
 from policies.parsers import Decomposition
 from policies.router import AllocateDecision, DecomposeDecision, Router
@@ -201,9 +200,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from actors.runtime import init_ray
     from pipelines.zoo import console as make_console
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
-    cfg = config_from_args(parser.parse_args(argv))
+    cfg = config_from_args(config_parser(__doc__).parse_args(argv))
     console = make_console()
     init_ray()
     pool = start_pool(cfg)

@@ -8,10 +8,9 @@ untrained router initialised from a zoo checkpoint, and says so.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from pipelines.config import Config, add_config_args, config_from_args
+from pipelines.config import Config, config_from_args, config_parser
 
 
 def load_router(cfg: Config, model_ids: list[str]):
@@ -45,8 +44,7 @@ def main(argv: list[str] | None = None):
     from pipelines.zoo import build_world
     from pipelines.zoo import console as make_console
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
+    parser = config_parser(__doc__)
     parser.add_argument("query")
     parser.add_argument("--task", help="task of the query (default: the tiny-world task that parses it)")
     args = parser.parse_args(argv)

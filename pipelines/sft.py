@@ -8,13 +8,12 @@ the label search first when `<run_dir>/labels/labels.jsonl` is missing. Writes `
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import time
 from pathlib import Path
 
-from pipelines.config import Config, add_config_args, config_from_args
+from pipelines.config import Config, config_from_args, config_parser
 from policies.parsers import format_decomposition
 from policies.router import TEMPLATES
 
@@ -76,9 +75,7 @@ def main(argv: list[str] | None = None) -> Path:
     from pipelines.labels import labels_path, read_labels, write_labels
     from pipelines.zoo import console as make_console
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
-    cfg = config_from_args(parser.parse_args(argv))
+    cfg = config_from_args(config_parser(__doc__).parse_args(argv))
     console = make_console()
     init_ray()
     pool = start_pool(cfg)

@@ -11,7 +11,6 @@ allocator, the decomposer frozen). Starts from the SFT router (`pipelines.sft`);
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import random
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.config import Config, add_config_args, config_from_args
+from pipelines.config import Config, config_from_args, config_parser
 from pipelines.grpo import group_advantages
 from pipelines.reward import reward
 
@@ -235,8 +234,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from pipelines.zoo import console as make_console
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
+    parser = config_parser(__doc__)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)

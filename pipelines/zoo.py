@@ -8,7 +8,6 @@ training time, tokens and test accuracy per bucket. Models whose config is uncha
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -18,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.config import Config, ZooModelConfig, add_config_args, config_from_args
+from pipelines.config import Config, ZooModelConfig, config_from_args, config_parser
 
 CARD = "card.json"
 META = "zoo_meta.json"
@@ -280,9 +279,7 @@ def console():
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
-    cfg = config_from_args(parser.parse_args(argv))
+    cfg = config_from_args(config_parser(__doc__).parse_args(argv))
     out = console()
     card = run_zoo(cfg, out)
     out.print(card_table(card))
