@@ -111,10 +111,12 @@ class TokenStream:
 
 def model_key(cfg: Config, m: ZooModelConfig) -> str:
     """Everything that changes a trained model; a match means the checkpoint is reused."""
+    from policies.tiny_lm import MODEL_SLOTS, ROUTER_WORDS
+
     blob = json.dumps({
         "model": m.model_dump(exclude={"price"}), "seed": cfg.seed, "tasks": cfg.tasks.model_dump(),
         "zoo": cfg.zoo.model_dump(exclude={"models", "workers", "eval_batch_size"}),
-        "vocab": build_world(cfg).words(),
+        "router_vocab": [*ROUTER_WORDS, *MODEL_SLOTS],  # the rest of the vocabulary follows from tasks + seed
     }, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from benchmarks.tasks.base import Example, Task
-from policies.parsers import Decomposition, format_decomposition, parse_decomposition
+from policies.parsers import Decomposition, parse_decomposition
 from policies.policy_lm import PolicyLM, Sample
 from policies.tiny_lm import MODEL_SLOTS, ROUTER_WORDS, STEP_SEP, format_prompt
 
@@ -172,8 +172,3 @@ class PolicyRouter(Router):
             tiers = logp.argmax(-1).tolist()
         return [AllocateDecision(t, p, float(logp[i, t]), logp[i].tolist())
                 for i, (t, p) in enumerate(zip(tiers, prompts))]
-
-
-def decomposition_target(example: Example) -> str:
-    """SFT target text of the tiny decomposer for an example's gold decomposition."""
-    return format_decomposition([s.prompt for s in example.steps])

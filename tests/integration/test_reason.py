@@ -26,11 +26,18 @@ def run(method, examples, task, ctx):
     return asyncio.run(method.run(examples, task, ctx))
 
 
-def test_chain_records_every_call_and_scores(setup):
+def all_on_largest(setup, task_name: str, n: int):
+    """(examples, trajectories) of `all:<largest>` on the first n test queries of a task."""
     cfg, pool, ids, world = setup
     ctx = Context(pool, ids, cfg.reason)
-    examples = world.facts.load("test")[:16]
-    trajs = run(make_method(f"all:{ids[-1]}", ctx), examples, world.facts, ctx)
+    task = getattr(world, task_name)
+    examples = task.load("test")[:n]
+    return examples, run(make_method(f"all:{ids[-1]}", ctx), examples, task, ctx)
+
+
+def test_chain_records_every_call_and_scores(setup):
+    cfg, pool, ids, world = setup
+    examples, trajs = all_on_largest(setup, "facts", 16)
     for ex, t in zip(examples, trajs):
         assert len(t.steps) == len(ex.steps) == 2 and all(len(s.calls) == 1 for s in t.steps)
         assert all(s.model_id == ids[-1] for s in t.steps)
@@ -43,10 +50,7 @@ def test_chain_records_every_call_and_scores(setup):
 
 
 def test_scan_composes_clause_answers(setup):
-    cfg, pool, ids, world = setup
-    ctx = Context(pool, ids, cfg.reason)
-    examples = world.scan.load("test")[:12]
-    trajs = run(make_method(f"all:{ids[-1]}", ctx), examples, world.scan, ctx)
+    examples, trajs = all_on_largest(setup, "scan", 12)
     for ex, t in zip(examples, trajs):
         assert [s.text for s in t.steps] == [s.prompt for s in ex.steps]
         assert t.answer == " ".join(s.answer for s in t.steps if s.answer)
