@@ -33,7 +33,11 @@ def _init_distributed_env() -> None:
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
 
 
-def ds_config(cfg: Config, lr: float) -> dict:
+def ds_config(cfg: Config, lr: float, total_steps: int | None = None) -> dict:
+    """DeepSpeed config; with `total_steps` the learning rate warms up linearly, then decays on a cosine."""
+    schedule = {"scheduler": {"type": "WarmupCosineLR", "params": {
+        "total_num_steps": total_steps, "warmup_num_steps": min(cfg.train.sft_warmup_steps, total_steps // 2),
+        "warmup_type": "linear", "cos_min_ratio": 0.0}}} if total_steps else {}
     return {
         "train_micro_batch_size_per_gpu": cfg.train.sft_batch,
         "gradient_accumulation_steps": 1,
@@ -42,11 +46,14 @@ def ds_config(cfg: Config, lr: float) -> dict:
                                                    "torch_adam": True}},
         "zero_optimization": {"stage": cfg.train.zero_stage},
         "steps_per_print": 10**9,
+        **schedule,
     }
 
 
 class LearnerImpl(WeightGroupMember):
-    def __init__(self, cfg_json: str, init_dirs: dict[str, str], model_ids: list[str], lr: float):
+    def __init__(self, cfg_json: str, init_dirs: dict[str, str], model_ids: list[str], lr: float,
+                 total_steps: dict[str, int] | None = None):
+        """`total_steps` per policy: a warmup-cosine schedule over that many steps (SFT); else a constant lr."""
         import deepspeed
 
         self.cfg = Config.model_validate_json(cfg_json)
@@ -59,7 +66,7 @@ class LearnerImpl(WeightGroupMember):
         for name in POLICIES:
             lm = PolicyLM.from_pretrained(init_dirs[name])
             self.refs[name] = copy.deepcopy(lm.model).eval().requires_grad_(False)
-            engine, *_ = deepspeed.initialize(model=lm.model, config=ds_config(self.cfg, lr),
+            engine, *_ = deepspeed.initialize(model=lm.model, config=ds_config(self.cfg, lr, (total_steps or {}).get(name)),
                                               model_parameters=[p for p in lm.model.parameters() if p.requires_grad])
             self.engines[name] = engine
             self.policies[name] = PolicyLM(engine.module, lm.tokenizer)

@@ -43,13 +43,14 @@ class RolloutWorkerImpl(WeightGroupMember):
 
     def rollout(self, task_name: str, examples: list, group_size: int, phase: str, step: int) -> list[Trajectory]:
         """G samples per example (consecutive in the result). The trained policy of `phase` samples at
-        the training temperature; in the allocator phase the decomposer decodes greedily."""
+        the training temperature; the frozen one decodes greedily, as it will when deployed, so a
+        group's reward spread comes from the trained policy's choices alone."""
         t = self.cfg.train.temperature
         router = PolicyRouter(
             self.policies["decomposer"], self.policies["allocator"], self.model_ids,
-            templates=self.cfg.router.templates, temperature=t, max_steps=self.cfg.reason.max_steps,
-            max_tokens=self.cfg.reason.decompose_max_tokens, seed=self.seed * 100_003 + step,
-            label="policy", decompose_temperature=t if phase == "decomposer" else 0.0)
+            templates=self.cfg.router.templates, temperature=t if phase == "allocator" else 0.0,
+            max_steps=self.cfg.reason.max_steps, max_tokens=self.cfg.reason.decompose_max_tokens,
+            seed=self.seed * 100_003 + step, label="policy", decompose_temperature=t if phase == "decomposer" else 0.0)
         reps = [ex for ex in examples for _ in range(group_size)]
         return asyncio.run(areason_batch(reps, router, self.pool, self.tasks[task_name], self.cfg.reason,
                                          self.model_ids))

@@ -95,6 +95,7 @@ class ZooConfig(Strict):
     eval_batch_size: int = Field(512, ge=1)
     mix: ZooMix = ZooMix()
     models: list[ZooModelConfig] = Field(min_length=1)
+    dir: str | None = None  # where the zoo lives (default: <run_dir>/zoo); configs may share one
 
 
 class PoolModelConfig(Strict):
@@ -193,7 +194,8 @@ class TrainConfig(Strict):
     zero_stage: int = Field(1, ge=0, le=2)
     sft_epochs: int = Field(8, ge=1)  # allocator
     sft_epochs_decomposer: int = Field(50, ge=1)
-    sft_lr: float = Field(5e-3, gt=0)
+    sft_lr: float = Field(5e-3, gt=0)  # peak; linear warmup, then cosine decay to 0
+    sft_warmup_steps: int = Field(50, ge=0)
     sft_batch: int = Field(64, ge=1)
     label_smoothing: float = Field(0.2, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
@@ -246,7 +248,7 @@ class Config(Strict):
 
     @property
     def zoo_dir(self) -> Path:
-        return Path(self.run_dir) / "zoo"
+        return Path(self.zoo.dir) if self.zoo.dir else Path(self.run_dir) / "zoo"
 
 
 class ConfigError(ValueError):
@@ -286,11 +288,35 @@ def _format_error(err: ValidationError) -> str:
     return f"{where}: {first['msg']}{got_text}{more}"
 
 
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A config file's tree; `base: other.yaml` (relative to the file) starts from that config."""
+    if path.resolve() in seen:
+        raise ConfigError(f"config base cycle: {' -> '.join(str(p) for p in (*seen, path))}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read config {path}: {err}") from None
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    base_path = path.parent / base
+    if not base_path.exists():
+        raise ConfigError(f"base: config file not found: {base_path} (named in {path})")
+    return _merge(_read_tree(base_path, (*seen, path.resolve())), tree)
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
-    tree = yaml.safe_load(path.read_text()) or {}
+    tree = _read_tree(path)
     for item in overrides or []:
         key, value = parse_override(item)
         _set_path(tree, key, value)

@@ -74,6 +74,16 @@ def main(argv: list[str] | None = None) -> dict:
     console.print(markdown_table(results), markup=False)
     console.print(f"results: {out / 'results.json'}  plot: {out / 'pareto.png'}  "
                   f"learning curves: {run_dir / 'train' / 'learning_curves.png'}")
+    ref = results["reference"]
+    for name in routers:
+        m = results["methods"][name]
+        line = (f"{name} vs {ref}: accuracy {-m['accuracy_loss_vs_reference'] * 100:+.1f} pt, "
+                f"cost {-m['cost_cut_vs_reference']:+.1%}")
+        own = m.get("own_decomposition_reference")
+        if own:
+            line += (f"; vs {own['method']} (its own decomposition): accuracy {-own['accuracy_loss'] * 100:+.1f} pt, "
+                     f"cost {-own['cost_cut']:+.1%}")
+        console.print(line)
     seeds = [m for m in results["methods"] if m == "r2" or m.startswith("r2-seed")]
     if len(seeds) > 1:
         rewards = [results["methods"][m]["reward"] for m in seeds]

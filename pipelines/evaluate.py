@@ -51,6 +51,16 @@ def router_method(cfg: Config, name: str, path: str | Path, model_ids: list[str]
     return RouterMethod(name, router, review=True)
 
 
+def own_decomposition_reference(name: str, method, model_ids: list[str]):
+    """The reference on a trained router's own decomposition: its steps, every one on the largest model
+    (so the comparison isolates what allocation and review save)."""
+    from benchmarks.baselines import FixedRouter, RouterMethod
+
+    ref_name = f"all:{model_ids[-1]}@{name}"
+    top = len(model_ids) - 1
+    return ref_name, RouterMethod(ref_name, FixedRouter(ref_name, method.router, lambda *_: top))
+
+
 def evaluate(cfg: Config, method_names: list[str], limit: int, out_dir: Path, console,
              router_dirs: dict[str, str] | None = None) -> dict:
     import ray
@@ -73,7 +83,11 @@ def evaluate(cfg: Config, method_names: list[str], limit: int, out_dir: Path, co
     names = expand(method_names, model_ids)
     names = [reference] + [n for n in names if n != reference]
     methods = {n: make_method(n, ctx) for n in names}
-    methods.update({n: router_method(cfg, n, d, model_ids) for n, d in (router_dirs or {}).items()})
+    trained = {n: router_method(cfg, n, d, model_ids) for n, d in (router_dirs or {}).items()}
+    own_refs = {n: own_decomposition_reference(n, m, model_ids) for n, m in trained.items()
+                if m.router.decomposer is not None}  # router name -> (reference name, method)
+    methods.update(trained)
+    methods.update(dict(own_refs.values()))
     for m in methods.values():
         if isinstance(m, TaskRouter):
             m.train = {name: t.load("train")[: cfg.eval.task_router_train] for name, t in tasks.items()}
@@ -122,6 +136,11 @@ def evaluate(cfg: Config, method_names: list[str], limit: int, out_dir: Path, co
         match = report.cost_at_accuracy(m["curve"], ref["accuracy"] - 0.01)
         m["cost_cut_at_matched_accuracy"] = None if match is None else 1 - match / ref["cost_per_query"]
         m["cost_cut_vs_reference"] = 1 - m["cost_per_query"] / ref["cost_per_query"]
+        m["accuracy_loss_vs_reference"] = ref["accuracy"] - m["accuracy"]
+    for name, (ref_name, _) in own_refs.items():
+        m, r = results["methods"][name], results["methods"][ref_name]
+        m["own_decomposition_reference"] = {"method": ref_name, "accuracy_loss": r["accuracy"] - m["accuracy"],
+                                            "cost_cut": 1 - m["cost_per_query"] / r["cost_per_query"]}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     report.pareto_png(results["methods"], reference, out_dir / "pareto.png",

@@ -37,20 +37,24 @@ def sft_data(rows: list[dict], tokenizer, templates: str) -> dict[str, list[tupl
     return {"decomposer": dec, "allocator": alloc}
 
 
-def run_sft(cfg: Config, learner, rows: list[dict], console, progress=None) -> dict:
-    import ray
-    from transformers import AutoTokenizer
+def epochs(cfg: Config, name: str) -> int:
+    return cfg.train.sft_epochs_decomposer if name == "decomposer" else cfg.train.sft_epochs
 
-    tokenizer = AutoTokenizer.from_pretrained(init_dir(cfg))
-    data = sft_data(rows, tokenizer, cfg.router.templates)
+
+def total_steps(cfg: Config, data: dict[str, list]) -> dict[str, int]:
+    """Optimizer steps per policy (the length of its learning-rate schedule)."""
+    return {name: epochs(cfg, name) * -(-len(items) // cfg.train.sft_batch) for name, items in data.items()}
+
+
+def run_sft(cfg: Config, learner, data: dict[str, list], console, progress=None) -> dict:
+    import ray
+
     rng = random.Random(cfg.seed)
     history: dict[str, list] = {}
+    steps = total_steps(cfg, data)
     for name, items in data.items():
-        n_batches = -(-len(items) // cfg.train.sft_batch)
-        epochs = cfg.train.sft_epochs_decomposer if name == "decomposer" else cfg.train.sft_epochs
-        bar = progress.add_task(f"sft {name}", total=epochs * n_batches) if progress else None
-        epochs = cfg.train.sft_epochs_decomposer if name == "decomposer" else cfg.train.sft_epochs
-        for epoch in range(epochs):
+        bar = progress.add_task(f"sft {name}", total=steps[name]) if progress else None
+        for epoch in range(epochs(cfg, name)):
             rng.shuffle(items)
             stats = []
             for i in range(0, len(items), cfg.train.sft_batch):
@@ -68,6 +72,7 @@ def run_sft(cfg: Config, learner, rows: list[dict], console, progress=None) -> d
 def main(argv: list[str] | None = None) -> Path:
     import ray
     from rich.progress import Progress
+    from transformers import AutoTokenizer
 
     from actors.learner import Learner
     from actors.pool import start_pool
@@ -87,9 +92,10 @@ def main(argv: list[str] | None = None) -> Path:
         rows = read_labels(cfg)
         t_labels = time.perf_counter() - start
         init = str(init_dir(cfg))
+        data = sft_data(rows, AutoTokenizer.from_pretrained(init), cfg.router.templates)
         learner = Learner.remote(cfg.model_dump_json(), {"decomposer": init, "allocator": init}, model_ids,
-                                 cfg.train.sft_lr)
-        history = run_sft(cfg, learner, rows, console, progress)
+                                 cfg.train.sft_lr, total_steps(cfg, data))
+        history = run_sft(cfg, learner, data, console, progress)
     out = router_dir(cfg, "sft")
     ray.get(learner.save_pretrained.remote(str(out)))
     (out / "sft_history.json").write_text(json.dumps(

@@ -115,7 +115,7 @@ def model_key(cfg: Config, m: ZooModelConfig) -> str:
 
     blob = json.dumps({
         "model": m.model_dump(exclude={"price"}), "seed": cfg.seed, "tasks": cfg.tasks.model_dump(),
-        "zoo": cfg.zoo.model_dump(exclude={"models", "workers", "eval_batch_size"}),
+        "zoo": cfg.zoo.model_dump(exclude={"models", "workers", "eval_batch_size", "dir"}),
         "router_vocab": [*ROUTER_WORDS, *MODEL_SLOTS],  # the rest of the vocabulary follows from tasks + seed
     }, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
