@@ -51,9 +51,10 @@ def ds_config(cfg: Config, lr: float, total_steps: int | None = None) -> dict:
 
 
 class LearnerImpl(WeightGroupMember):
-    def __init__(self, cfg_json: str, init_dirs: dict[str, str], model_ids: list[str], lr: float,
+    def __init__(self, cfg_json: str, init_dirs: dict[str, str], model_ids: list[str], lr: float | dict[str, float],
                  total_steps: dict[str, int] | None = None):
-        """`total_steps` per policy: a warmup-cosine schedule over that many steps (SFT); else a constant lr."""
+        """`lr`: one for both policies or one per policy. `total_steps` per policy: a warmup-cosine
+        schedule over that many steps (SFT); else a constant lr."""
         import deepspeed
 
         self.cfg = Config.model_validate_json(cfg_json)
@@ -63,10 +64,11 @@ class LearnerImpl(WeightGroupMember):
         torch.manual_seed(self.cfg.seed)
         self.model_ids = model_ids
         self.engines, self.refs, self.policies = {}, {}, {}
+        lrs = lr if isinstance(lr, dict) else dict.fromkeys(POLICIES, lr)
         for name in POLICIES:
             lm = PolicyLM.from_pretrained(init_dirs[name])
             self.refs[name] = copy.deepcopy(lm.model).eval().requires_grad_(False)
-            engine, *_ = deepspeed.initialize(model=lm.model, config=ds_config(self.cfg, lr, (total_steps or {}).get(name)),
+            engine, *_ = deepspeed.initialize(model=lm.model, config=ds_config(self.cfg, lrs[name], (total_steps or {}).get(name)),
                                               model_parameters=[p for p in lm.model.parameters() if p.requires_grad])
             self.engines[name] = engine
             self.policies[name] = PolicyLM(engine.module, lm.tokenizer)

@@ -204,6 +204,7 @@ class TrainConfig(Strict):
     queries_per_step: int = Field(32, ge=1)
     group_size: int = Field(4, ge=2)  # G
     grpo_lr: float = Field(1e-3, gt=0)
+    grpo_lr_decomposer: float | None = Field(None, gt=0)  # default: grpo_lr
     clip: float = Field(0.2, gt=0)
     kl_coef: float = Field(0.2, ge=0)
     temperature: float = Field(1.0, gt=0)

@@ -117,7 +117,8 @@ class Trainer:
         self.train_sets = {n: t.load("train") for n, t in self.tasks.items()}
         dirs = {p: str(sft / p) for p in POLICIES}
         cfg_json = cfg.model_dump_json()
-        self.learner = Learner.remote(cfg_json, dirs, self.model_ids, cfg.train.grpo_lr)
+        lr = {"decomposer": cfg.train.grpo_lr_decomposer or cfg.train.grpo_lr, "allocator": cfg.train.grpo_lr}
+        self.learner = Learner.remote(cfg_json, dirs, self.model_ids, lr)
         self.workers = [RolloutWorker.remote(cfg_json, dirs, self.pool, self.model_ids, 1000 * cfg.train.seed + i)
                         for i in range(cfg.train.rollout_workers)]
         self.sync = make_sync(cfg.train.weight_sync, self.learner, self.workers, POLICIES, cfg.train.sync_backend)

@@ -7,7 +7,7 @@ from pipelines.config import Config, ConfigError, load_config
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "test.yaml"])
+@pytest.mark.parametrize("name", ["tiny.yaml", "tiny-long.yaml", "test.yaml", "smollm-csqa.yaml"])
 def test_shipped_configs_validate(name):
     cfg = load_config(CONFIGS / name)
     assert isinstance(cfg, Config) and len(cfg.zoo.models) >= 4
@@ -54,3 +54,30 @@ def test_cli_exits_with_one_line(capsys):
     with pytest.raises(SystemExit) as err:
         config_from_args(parser.parse_args(["--config", str(CONFIGS / "tiny.yaml"), "--set", "pool.max_batch=-1"]))
     assert str(err.value).startswith("config error: pool.max_batch:")
+
+
+def test_base_config_is_merged_under_the_file(tmp_path):
+    (tmp_path / "child.yaml").write_text(
+        f"base: {CONFIGS / 'tiny.yaml'}\nname: child\nrun_dir: runs/child\nzoo: {{dir: runs/tiny/zoo}}\n"
+        "train: {grpo_steps: 7}\n")
+    child, tiny = load_config(tmp_path / "child.yaml"), load_config(CONFIGS / "tiny.yaml")
+    assert child.train.grpo_steps == 7 and child.train.sft_batch == tiny.train.sft_batch  # nested merge
+    assert child.zoo.models == tiny.zoo.models and child.zoo_dir == Path("runs/tiny/zoo")
+    assert tiny.zoo_dir == Path(tiny.run_dir) / "zoo"
+
+
+def test_shared_zoo_dir_keeps_the_zoo_cache_key():
+    from pipelines.zoo import model_key
+
+    tiny, long = load_config(CONFIGS / "tiny.yaml"), load_config(CONFIGS / "tiny-long.yaml")
+    assert long.zoo_dir == tiny.zoo_dir
+    assert [model_key(long, m) for m in long.zoo.models] == [model_key(tiny, m) for m in tiny.zoo.models]
+
+
+def test_base_errors_name_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    with pytest.raises(ConfigError, match="b.yaml"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
