@@ -3,8 +3,10 @@
     python -m pipelines.sft --config configs/tiny.yaml
 
 Both policies start from a zoo checkpoint (`train.init`, default: the largest zoo model, which already
-knows the tiny world's words and facts) and train in the `Learner`'s DeepSpeed engines. Runs
-the label search first when `<run_dir>/labels/labels.jsonl` is missing. Writes `<run_dir>/router/sft/`.
+knows the tiny world's words and facts) and train in the `Learner`'s DeepSpeed engines, the learning
+rate warming up for `train.sft_warmup_steps` and then decaying to 0 on a cosine (copying a query's words
+exactly needs that final low-rate phase). Runs the label search first when
+`<run_dir>/labels/labels.jsonl` is missing. Writes `<run_dir>/router/sft/`.
 """
 from __future__ import annotations
 
