@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 import uuid
@@ -66,7 +67,11 @@ def compute_cost_ref(cfg: Config, pool, model_ids, tasks) -> dict[str, float]:
     return out
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def plot_curves(history: list[dict], path: Path, window: int = 10) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,7 +86,9 @@ def plot_curves(history: list[dict], path: Path) -> None:
             xs = [s for s, h in zip(steps, history) if h["phase"] == phase]
             ys = [h.get(k, float("nan")) for h in history if h["phase"] == phase]
             ax.plot(xs, ys, ".", color=color, label=phase, alpha=0.8)
-        ax.plot(steps, [h.get(k, float("nan")) for h in history], "-", color="gray", alpha=0.4, lw=1)
+        ys = [h.get(k, float("nan")) for h in history]
+        smooth = [_mean([y for y in ys[max(0, i - window + 1): i + 1] if not math.isnan(y)]) for i in range(len(ys))]
+        ax.plot(steps, smooth, "-", color="black", alpha=0.7, lw=1.2, label=f"mean of last {window}")
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7)
