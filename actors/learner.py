@@ -36,7 +36,7 @@ def _init_distributed_env() -> None:
 def ds_config(cfg: Config, lr: float, total_steps: int | None = None) -> dict:
     """DeepSpeed config; with `total_steps` the learning rate warms up linearly, then decays on a cosine."""
     schedule = {"scheduler": {"type": "WarmupCosineLR", "params": {
-        "total_num_steps": total_steps, "warmup_num_steps": min(cfg.train.sft_warmup_steps, total_steps // 2),
+        "total_num_steps": total_steps, "warmup_num_steps": max(1, min(cfg.train.sft_warmup_steps, total_steps // 2)),
         "warmup_type": "linear", "cos_min_ratio": 0.0}}} if total_steps else {}
     return {
         "train_micro_batch_size_per_gpu": cfg.train.sft_batch,
@@ -68,7 +68,8 @@ class LearnerImpl(WeightGroupMember):
         for name in POLICIES:
             lm = PolicyLM.from_pretrained(init_dirs[name])
             self.refs[name] = copy.deepcopy(lm.model).eval().requires_grad_(False)
-            engine, *_ = deepspeed.initialize(model=lm.model, config=ds_config(self.cfg, lrs[name], (total_steps or {}).get(name)),
+            config = ds_config(self.cfg, lrs[name], (total_steps or {}).get(name))
+            engine, *_ = deepspeed.initialize(model=lm.model, config=config,
                                               model_parameters=[p for p in lm.model.parameters() if p.requires_grad])
             self.engines[name] = engine
             self.policies[name] = PolicyLM(engine.module, lm.tokenizer)

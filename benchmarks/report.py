@@ -56,15 +56,21 @@ def pareto_png(methods: dict[str, dict], reference: str, path: Path, title: str)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 5.5))
-    for name, m in sorted(methods.items()):
+    colors = plt.get_cmap("tab20").colors
+    for i, (name, m) in enumerate(sorted(methods.items())):
         curve = sorted(m.get("curve") or [])
-        style = dict(marker="*", s=180, color="black", zorder=5) if name == reference else dict(s=40, zorder=4)
-        dot = ax.scatter([m["cost_per_query"]], [m["accuracy"]], label=name, **style)
+        if name == reference:
+            style = dict(marker="*", s=180, color="black", zorder=5)
+        elif "@" in name:  # the reference on a router's own decomposition: sits by the reference, unlabelled
+            style = dict(marker="x", s=40, color=colors[i % len(colors)], zorder=4)
+        else:
+            style = dict(s=40, color=colors[i % len(colors)], zorder=4)
+        ax.scatter([m["cost_per_query"]], [m["accuracy"]], label=name, **style)
         if len(curve) > 1:  # the method's knob sweep
-            ax.plot([c for c, _ in curve], [a for _, a in curve], "-", alpha=0.6, lw=1.2,
-                    color=dot.get_facecolor()[0])
-        ax.annotate(name, (m["cost_per_query"], m["accuracy"]), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")
+            ax.plot([c for c, _ in curve], [a for _, a in curve], "-", alpha=0.6, lw=1.2, color=style["color"])
+        if "@" not in name:
+            ax.annotate(name, (m["cost_per_query"], m["accuracy"]), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("cost per query (USD, paper-pool prices; log scale)")
     ax.set_ylabel("accuracy")
