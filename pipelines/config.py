@@ -304,6 +304,8 @@ def _read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         tree = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(f"cannot read config {path}: {err}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config {path}: expected a mapping of fields, got {type(tree).__name__}")
     base = tree.pop("base", None)
     if base is None:
         return tree

@@ -81,3 +81,6 @@ def test_base_errors_name_the_file(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("- a list\n")
+    with pytest.raises(ConfigError, match="b.yaml: expected a mapping"):
+        load_config(tmp_path / "a.yaml")
