@@ -22,7 +22,7 @@ class RolloutWorkerImpl(WeightGroupMember):
         torch.set_num_threads(1)
         self.cfg = Config.model_validate_json(cfg_json)
         world = build_world(self.cfg)
-        self.tasks = {"facts": world.facts, "scan": world.scan}
+        self.tasks = world.tasks
         self.pool, self.model_ids, self.seed = pool, model_ids, seed
         self.policies = {name: PolicyLM.from_pretrained(path) for name, path in init_dirs.items()}
         self.version = {name: 0 for name in self.policies}

@@ -1,7 +1,7 @@
-"""Weight sync, learner -> rollout workers, behind one interface (`push(version) -> seconds`).
+"""Weight sync, learner -> rollout workers, behind one interface (`push(version, names) -> seconds`).
 
-- `ObjectStoreSync` (default; CPU): each policy's state dict is put in the Ray object store once and
-  every worker loads it by reference.
+- `ObjectStoreSync` (default; CPU): the learner returns each policy's state dict into the Ray object
+  store once, and every worker loads it by reference.
 - `CollectiveSync` (GPU: NCCL; gloo on CPU, for tests): the learner is rank 0 of a process group of
   its own (built on a dedicated TCPStore, so it never touches the default group DeepSpeed uses); each
   policy's weights travel as flattened buckets by broadcast. torch.distributed is imported only here,
@@ -79,12 +79,13 @@ class ObjectStoreSync:
     def __init__(self, learner, workers, policies):
         self.learner, self.workers, self.policies = learner, workers, policies
 
-    def push(self, version: int) -> float:
+    def push(self, version: int, names: list[str] | None = None) -> float:
+        """Sends `names` (default: every policy); returns the seconds it took."""
         import ray
 
         start = time.perf_counter()
-        for name in self.policies:
-            ref = ray.put(ray.get(self.learner.weights.remote(name)))
+        for name in self.policies if names is None else names:
+            ref = self.learner.weights.remote(name)  # stays in the object store; workers resolve it
             ray.get([w.set_weights.remote(name, ref, version) for w in self.workers])
         return time.perf_counter() - start
 
@@ -101,11 +102,11 @@ class CollectiveSync:
         ray.get([learner.join_weight_group.remote(host, port, 0, world, backend)]
                 + [w.join_weight_group.remote(host, port, i + 1, world, backend) for i, w in enumerate(workers)])
 
-    def push(self, version: int) -> float:
+    def push(self, version: int, names: list[str] | None = None) -> float:
         import ray
 
         start = time.perf_counter()
-        for name in self.policies:
+        for name in self.policies if names is None else names:
             ray.get([self.learner.send_weights.remote(name)]
                     + [w.receive_weights.remote(name, version) for w in self.workers])
         return time.perf_counter() - start

@@ -39,14 +39,9 @@ def router_method(cfg: Config, name: str, path: str | Path, model_ids: list[str]
     """A trained router (decomposer/ and allocator/ under `path`) as a method: greedy policies, with
     the chain's procedural review."""
     from benchmarks.baselines import RouterMethod
-    from policies.policy_lm import PolicyLM
-    from policies.router import PolicyRouter
+    from pipelines.route import trained_router
 
-    path = Path(path)
-    dec = PolicyLM.from_pretrained(path / "decomposer") if (path / "decomposer").exists() else None
-    router = PolicyRouter(dec, PolicyLM.from_pretrained(path / "allocator"), model_ids,
-                          templates=cfg.router.templates, temperature=0.0, max_steps=cfg.reason.max_steps,
-                          max_tokens=cfg.reason.decompose_max_tokens, seed=cfg.seed, label=name)
+    router = trained_router(cfg, path, model_ids, label=name)
     router.name = name
     return RouterMethod(name, router, review=True)
 

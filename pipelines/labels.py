@@ -178,7 +178,7 @@ def write_labels(cfg: Config, pool, model_ids: list[str], console, progress=None
 
     world = build_world(cfg)
     start = time.perf_counter()
-    rows, stats = asyncio.run(build_labels(cfg, pool, model_ids, {"facts": world.facts, "scan": world.scan}, progress))
+    rows, stats = asyncio.run(build_labels(cfg, pool, model_ids, world.tasks, progress))
     path = labels_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -13,19 +13,29 @@ from pathlib import Path
 from pipelines.config import Config, config_from_args, config_parser
 
 
+def trained_router(cfg: Config, path: str | Path, model_ids: list[str], label: str, temperature: float = 0.0):
+    """A trained router folder (`allocator/`, and `decomposer/` when one was trained) as a `PolicyRouter`."""
+    from policies.policy_lm import PolicyLM
+    from policies.router import PolicyRouter
+
+    path = Path(path)
+    dec = PolicyLM.from_pretrained(path / "decomposer") if (path / "decomposer").exists() else None
+    return PolicyRouter(dec, PolicyLM.from_pretrained(path / "allocator"), model_ids,
+                        templates=cfg.router.templates, temperature=temperature, max_steps=cfg.reason.max_steps,
+                        max_tokens=cfg.reason.decompose_max_tokens, seed=cfg.seed, label=label)
+
+
 def load_router(cfg: Config, model_ids: list[str]):
     """(router, description) for the config's router settings."""
     from policies.policy_lm import PolicyLM
     from policies.router import PolicyRouter
 
     r = cfg.router
+    if r.path and (Path(r.path) / "allocator").exists():
+        return (trained_router(cfg, r.path, model_ids, f"trained:{r.path}", r.temperature),
+                f"trained router from {r.path}")
     common = dict(templates=r.templates, temperature=r.temperature, max_steps=cfg.reason.max_steps,
                   max_tokens=cfg.reason.decompose_max_tokens, seed=cfg.seed)
-    if r.path and (Path(r.path) / "allocator").exists():
-        dec = PolicyLM.from_pretrained(Path(r.path) / "decomposer") if (Path(r.path) / "decomposer").exists() else None
-        alloc = PolicyLM.from_pretrained(Path(r.path) / "allocator")
-        return (PolicyRouter(dec, alloc, model_ids, label=f"trained:{r.path}", **common),
-                f"trained router from {r.path}")
     init = r.init or cfg.zoo.models[0].name
     path = cfg.zoo_dir / init if (cfg.zoo_dir / init).exists() else Path(init)
     lm = PolicyLM.from_pretrained(path)
@@ -51,7 +61,7 @@ def main(argv: list[str] | None = None):
     cfg = config_from_args(args)
     console = make_console()
     world = build_world(cfg)
-    tasks = {"facts": world.facts, "scan": world.scan}
+    tasks = world.tasks
     candidates = [args.task] if args.task else list(tasks)
     if args.task and args.task not in tasks:
         raise SystemExit(f"unknown task {args.task!r}; tiny-world tasks: {sorted(tasks)}")

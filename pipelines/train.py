@@ -120,7 +120,7 @@ class Trainer:
         self.pool = start_pool(cfg)
         self.model_ids = ray.get(self.pool.model_ids.remote())
         world = build_world(cfg)
-        self.tasks = {"facts": world.facts, "scan": world.scan}
+        self.tasks = world.tasks
         self.train_sets = {n: t.load("train") for n, t in self.tasks.items()}
         dirs = {p: str(sft / p) for p in POLICIES}
         cfg_json = cfg.model_dump_json()
@@ -130,6 +130,7 @@ class Trainer:
                         for i in range(cfg.train.rollout_workers)]
         self.sync = make_sync(cfg.train.weight_sync, self.learner, self.workers, POLICIES, cfg.train.sync_backend)
         self.state: dict = {"step": 0}
+        self.stale = set(POLICIES)  # policies the workers do not hold yet (all at start, e.g. after resume)
         if resume and (self.ckpt / "learner.json").exists():
             meta = ray.get(self.learner.load_checkpoint.remote(str(self.ckpt)))
             self.state = {**meta["state"], "step": meta["step"]}
@@ -166,7 +167,8 @@ class Trainer:
 
         cfg, step = self.cfg, self.state["step"]
         phase = phase_of(step, cfg.train.alternate_every)
-        t_sync = self.sync.push(step)  # learner -> rollout workers
+        t_sync = self.sync.push(step, sorted(self.stale))  # learner -> rollout workers
+        self.stale = set()
         start = time.perf_counter()
         jobs = self.queries(step)
         refs = [self.workers[i % len(self.workers)].rollout.remote(name, exs, cfg.train.group_size, phase, step)
@@ -178,6 +180,8 @@ class Trainer:
         items = training_items(trajs, rewards, cfg.train.group_size, phase)
         start = time.perf_counter()
         stats = ray.get(self.learner.grpo_step.remote(phase, items)) if items else {"skipped": 1}
+        if items:
+            self.stale.add(phase)
         t_learner = time.perf_counter() - start
         groups = torch.tensor(rewards).view(-1, cfg.train.group_size)
         metrics = {
@@ -232,14 +236,13 @@ class Trainer:
         if history:
             plot_curves(history, self.out / "learning_curves.png")
         ray.get(self.learner.save_pretrained.remote(str(router_dir(self.cfg, "grpo" + self.cfg.train.suffix))))
-        if self.run:
-            self.run.finish()
         return new
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     from rich.progress import Progress
 
+    from pipelines.sft import router_dir
     from pipelines.zoo import console as make_console
 
     parser = config_parser(__doc__)
@@ -251,6 +254,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     trainer = Trainer(cfg, console, resume=args.resume)
     with Progress(console=console) as progress:
         history = trainer.fit(progress=progress)
+    trainer.close()
     if history:
         phases = {p: [h for h in history if h["phase"] == p] for p in POLICIES}
         for p, hs in phases.items():
@@ -259,7 +263,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                               f"rollout {sum(h['time_rollout_s'] for h in hs):.0f}s, "
                               f"learner {sum(h['time_learner_s'] for h in hs):.0f}s, "
                               f"sync {sum(h['time_sync_s'] for h in hs):.0f}s")
-    console.print(f"grpo router: {Path(cfg.run_dir) / 'router' / ('grpo' + cfg.train.suffix)} "
+    console.print(f"grpo router: {router_dir(cfg, 'grpo' + cfg.train.suffix)} "
                   f"({time.perf_counter() - start:.0f}s)")
     return history
 

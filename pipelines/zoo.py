@@ -30,6 +30,11 @@ class World:
     facts: FactsTask  # noqa: F821
     scan: ScanTask  # noqa: F821
 
+    @property
+    def tasks(self) -> dict:
+        """The tiny world's tasks by name."""
+        return {"facts": self.facts, "scan": self.scan}
+
     def words(self) -> list[str]:
         """The shared vocabulary: both tasks' words plus the router's (so router policies can start
         from a zoo checkpoint)."""
