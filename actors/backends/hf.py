@@ -49,10 +49,11 @@ class HFBackend(Backend):
                 output_logits=True, return_dict_in_generate=True,
                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
             )
-        new = out.sequences[:, enc.input_ids.shape[1]:].cpu()
-        # temperature-1 logprobs of the chosen tokens, from the raw logits
+        new = out.sequences[:, enc.input_ids.shape[1]:]
+        # temperature-1 logprobs of the chosen tokens, from the raw logits (gathered where they are)
         logps = torch.stack(out.logits, dim=1).float().log_softmax(-1)
-        chosen = logps.cpu().gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        chosen = logps.gather(-1, new.unsqueeze(-1)).squeeze(-1).cpu()
+        new = new.cpu()
         latency = time.perf_counter() - start
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         results = []
