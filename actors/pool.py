@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import ray
 
-from actors.backends import Completion, SamplingParams
 from actors.cost import CostLedger, CostModel
 from actors.server import ModelServer
-from pipelines.config import Config, PoolModelConfig
+from core.config import Config, PoolModelConfig
+from core.types import Completion, SamplingParams
 
 
 def pool_models(cfg: Config) -> list[PoolModelConfig]:

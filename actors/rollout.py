@@ -1,5 +1,5 @@
 """`RolloutWorker`: a Ray actor holding sampler copies of both router policies; it runs the chain
-(`pipelines.reason`) G times per query against the shared `ModelPool` and returns the trajectories,
+(`policies.reason`) G times per query against the shared `ModelPool` and returns the trajectories,
 with the sampled tokens' logprobs, for GRPO."""
 from __future__ import annotations
 
@@ -9,16 +9,15 @@ import ray
 import torch
 
 from actors.weight_sync import WeightGroupMember
-from pipelines.config import Config
-from pipelines.reason import Trajectory, areason_batch
+from benchmarks.tasks import build_world
+from core.config import Config
 from policies.policy_lm import PolicyLM
+from policies.reason import Trajectory, areason_batch
 from policies.router import PolicyRouter
 
 
 class RolloutWorkerImpl(WeightGroupMember):
     def __init__(self, cfg_json: str, init_dirs: dict[str, str], pool, model_ids: list[str], seed: int):
-        from pipelines.zoo import build_world
-
         torch.set_num_threads(1)
         self.cfg = Config.model_validate_json(cfg_json)
         world = build_world(self.cfg)

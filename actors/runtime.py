@@ -1,13 +1,18 @@
-"""Starting or joining Ray the same way from every entry point."""
+"""Starting or joining Ray the same way from every entry point, and the pool a stage works with."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import ray
+
+from actors.pool import start_pool
+from core.config import Config
 
 
 def init_ray(num_cpus: int | None = None) -> None:
     """Join the cluster in RAY_ADDRESS (e.g. under `ray job submit`), else start a local one on 127.0.0.1."""
-    import ray
-
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -20,3 +25,15 @@ def init_ray(num_cpus: int | None = None) -> None:
         runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
                                   "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}},
     )
+
+
+@contextmanager
+def pool_session(cfg: Config) -> Iterator[tuple[object, list[str]]]:
+    """Ray up, the config's pool started and loaded: yields (pool handle, model ids cheapest first);
+    the pool and its servers go on exit."""
+    init_ray()
+    pool = start_pool(cfg)
+    try:
+        yield pool, ray.get(pool.model_ids.remote())
+    finally:
+        ray.kill(pool)

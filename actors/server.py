@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import ray
 
-from actors.backends import Completion, SamplingParams, make_backend
+from actors.backends import make_backend
+from core.types import Completion, SamplingParams
 
 
 @dataclass

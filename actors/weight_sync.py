@@ -10,9 +10,13 @@
 from __future__ import annotations
 
 import datetime
+import socket
 import time
 
+import ray
 import torch
+
+from core.registry import Registry
 
 BUCKET_BYTES = 64 << 20
 
@@ -37,17 +41,13 @@ class WeightGroupMember:
     _weight_group = None
 
     def weight_group_address(self) -> tuple[str, int]:
-        import socket
-
-        import ray
-
         with socket.socket() as s:
             s.bind(("", 0))
             port = s.getsockname()[1]
         return ray.util.get_node_ip_address(), port
 
     def join_weight_group(self, host: str, port: int, rank: int, world: int, backend: str) -> int:
-        import torch.distributed as dist
+        import torch.distributed as dist  # lazy: only the collective sync uses it
 
         timeout = datetime.timedelta(seconds=120)
         store = dist.PrefixStore("r2r-weights", dist.TCPStore(host, port, world, rank == 0, timeout=timeout))
@@ -58,7 +58,7 @@ class WeightGroupMember:
         return rank
 
     def _broadcast_state(self, state: dict[str, torch.Tensor], source: bool) -> None:
-        import torch.distributed as dist
+        import torch.distributed as dist  # lazy: only the collective sync uses it
 
         opts = dist.BroadcastOptions()
         opts.rootRank = 0
@@ -81,8 +81,6 @@ class ObjectStoreSync:
 
     def push(self, version: int, names: list[str] | None = None) -> float:
         """Sends `names` (default: every policy); returns the seconds it took."""
-        import ray
-
         start = time.perf_counter()
         for name in self.policies if names is None else names:
             ref = self.learner.weights.remote(name)  # stays in the object store; workers resolve it
@@ -92,8 +90,6 @@ class ObjectStoreSync:
 
 class CollectiveSync:
     def __init__(self, learner, workers, policies, backend: str = "auto"):
-        import ray
-
         self.learner, self.workers, self.policies = learner, workers, policies
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -103,8 +99,6 @@ class CollectiveSync:
                 + [w.join_weight_group.remote(host, port, i + 1, world, backend) for i, w in enumerate(workers)])
 
     def push(self, version: int, names: list[str] | None = None) -> float:
-        import ray
-
         start = time.perf_counter()
         for name in self.policies if names is None else names:
             ray.get([self.learner.send_weights.remote(name)]
@@ -112,7 +106,11 @@ class CollectiveSync:
         return time.perf_counter() - start
 
 
+SYNCS: Registry[type] = Registry("weight sync")
+SYNCS.add("object_store", ObjectStoreSync)
+SYNCS.add("collective", CollectiveSync)
+
+
 def make_sync(kind: str, learner, workers, policies, backend: str = "auto"):
-    if kind == "collective":
-        return CollectiveSync(learner, workers, policies, backend)
-    return ObjectStoreSync(learner, workers, policies)
+    cls = SYNCS.lookup(kind)
+    return cls(learner, workers, policies, backend) if cls is CollectiveSync else cls(learner, workers, policies)

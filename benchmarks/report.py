@@ -50,7 +50,7 @@ def cost_at_accuracy(points: list[tuple[float, float]], target: float) -> float 
 
 
 def pareto_png(methods: dict[str, dict], reference: str, path: Path, title: str) -> None:
-    import matplotlib
+    import matplotlib  # lazy: only plotting needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -6,10 +6,13 @@ import sys
 
 COMMANDS = {
     "zoo": ("pipelines.zoo", "train the tiny model zoo and print its card"),
-    "demo": ("pipelines.demo", "the main job on the embedded tiny world"),
+    "labels": ("pipelines.labels", "search SFT labels (decompositions, allocations) on the pool"),
+    "sft": ("pipelines.sft", "SFT of the decomposer and allocator on the labels"),
+    "train": ("pipelines.train", "alternating GRPO of decomposer and allocator on Ray (--resume)"),
     "evaluate": ("pipelines.evaluate", "routing methods on the test split: results.json, pareto.png"),
     "route": ("pipelines.route", "route one query through the chain and show every decision"),
     "serve": ("pipelines.serve", "OpenAI-compatible endpoints (`r2r serve pool`)"),
+    "demo": ("pipelines.demo", "the main job on the embedded tiny world"),
 }
 
 

@@ -15,19 +15,20 @@ import shutil
 import time
 from pathlib import Path
 
-from pipelines.config import config_from_args, config_parser
+import ray
+from rich.progress import Progress
+
+from benchmarks.report import markdown_table
+from core.config import config_from_args, config_parser
+from core.console import console as make_console
+from pipelines.evaluate import evaluate
+from pipelines.runs import COST_REF, labels_path, router_dir
+from pipelines.sft import run_sft_stage
+from pipelines.train import Trainer
+from pipelines.zoo import CARD, card_table, run_zoo
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import ray
-    from rich.progress import Progress
-
-    from benchmarks.report import markdown_table
-    from pipelines import labels, sft, train
-    from pipelines.evaluate import evaluate
-    from pipelines.zoo import CARD, card_table, run_zoo
-    from pipelines.zoo import console as make_console
-
     parser = config_parser(__doc__)
     parser.add_argument("--limit", type=int, help="test queries per task (default: eval.limit)")
     args = parser.parse_args(argv)
@@ -50,9 +51,10 @@ def main(argv: list[str] | None = None) -> dict:
     done("zoo")
 
     stage("labels+sft", "2. SFT labels on the pool, then SFT of decomposer and allocator")
-    for stale in (labels.labels_path(cfg).parent, run_dir / "router", run_dir / "train"):
+    for stale in (labels_path(cfg).parent, run_dir / "router", run_dir / "train"):
         shutil.rmtree(stale, ignore_errors=True)  # each run of the main job trains afresh
-    sft_dir = sft.main(["--config", args.config, *(x for o in args.overrides for x in ("--set", o))])
+    (run_dir / COST_REF).unlink(missing_ok=True)
+    sft_dir = run_sft_stage(cfg, console)
     done("labels+sft")
     ray.shutdown()
 
@@ -60,11 +62,11 @@ def main(argv: list[str] | None = None) -> dict:
     routers = {"r2-sft": str(sft_dir)}
     for seed in cfg.train.demo_seeds:
         seeded = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
-        trainer = train.Trainer(seeded, console)
+        trainer = Trainer(seeded, console)
         with Progress(console=console) as progress:
             trainer.fit(progress=progress)
         trainer.close()
-        routers["r2" + seeded.train.suffix] = str(sft.router_dir(cfg, "grpo" + seeded.train.suffix))
+        routers["r2" + seeded.train.suffix] = str(router_dir(cfg, "grpo" + seeded.train.suffix))
     done("grpo")
 
     stage("evaluate", "4. evaluation: R2 (after SFT and after GRPO) and every baseline")

@@ -14,12 +14,20 @@ import json
 import time
 from pathlib import Path
 
-from pipelines.config import Config, config_from_args, config_parser
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from actors.runtime import pool_session
+from benchmarks import report
+from benchmarks.tasks import build_world
+from core.config import Config, config_from_args, config_parser
+from core.console import console as make_console
+from pipelines.runs import cost_ref as run_cost_ref
+from policies.baselines import Context, FixedRouter, RouterMethod, TaskRouter, expand, make_method
+from policies.load import trained_router
+from policies.reward import reward
 
 
 def metrics(trajs, cost_ref: dict[str, float], cfg: Config) -> dict:
-    from pipelines.reward import reward
-
     n = len(trajs)
     rewards = [reward(t.correct, t.cost_usd, t.format_ok, cfg.reward.lam, cfg.reward.beta,
                       cfg.reward.cost_ref or cost_ref[t.task]) for t in trajs]
@@ -38,9 +46,6 @@ def metrics(trajs, cost_ref: dict[str, float], cfg: Config) -> dict:
 def router_method(cfg: Config, name: str, path: str | Path, model_ids: list[str]):
     """A trained router (decomposer/ and allocator/ under `path`) as a method: greedy policies, with
     the chain's procedural review."""
-    from benchmarks.baselines import RouterMethod
-    from pipelines.route import trained_router
-
     router = trained_router(cfg, path, model_ids, label=name)
     router.name = name
     return RouterMethod(name, router, review=True)
@@ -49,8 +54,6 @@ def router_method(cfg: Config, name: str, path: str | Path, model_ids: list[str]
 def own_decomposition_reference(name: str, method, model_ids: list[str]):
     """The reference on a trained router's own decomposition: its steps, every one on the largest model
     (so the comparison isolates what allocation and review save)."""
-    from benchmarks.baselines import FixedRouter, RouterMethod
-
     ref_name = f"all:{model_ids[-1]}@{name}"
     top = len(model_ids) - 1
     return ref_name, RouterMethod(ref_name, FixedRouter(ref_name, method.router, lambda *_: top))
@@ -58,20 +61,13 @@ def own_decomposition_reference(name: str, method, model_ids: list[str]):
 
 def evaluate(cfg: Config, method_names: list[str], limit: int, out_dir: Path, console,
              router_dirs: dict[str, str] | None = None) -> dict:
-    import ray
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    with pool_session(cfg) as (pool, model_ids):
+        return _evaluate(cfg, pool, model_ids, method_names, limit, out_dir, console, router_dirs)
 
-    from actors.pool import start_pool
-    from actors.runtime import init_ray
-    from benchmarks import report
-    from benchmarks.baselines import Context, TaskRouter, expand, make_method
-    from pipelines.zoo import build_world
 
-    init_ray()
-    pool = start_pool(cfg)
-    model_ids = ray.get(pool.model_ids.remote())
-    world = build_world(cfg)
-    tasks = {name: getattr(world, name) for name in cfg.eval.tasks}
+def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], limit: int, out_dir: Path,
+              console, router_dirs: dict[str, str] | None) -> dict:
+    tasks = build_world(cfg, cfg.eval.tasks).tasks
     tests = {name: t.load("test")[:limit] for name, t in tasks.items()}
     ctx = Context(pool, model_ids, cfg.reason, cfg.seed)
     reference = f"all:{model_ids[-1]}"
@@ -91,7 +87,7 @@ def evaluate(cfg: Config, method_names: list[str], limit: int, out_dir: Path, co
     results: dict = {"reference": None, "methods": {}, "aiq": {}, "config": cfg.name,
                      "tasks": {k: len(v) for k, v in tests.items()},
                      "prices": "tiny pool priced on the paper pool's price ladder (USD per 1M tokens)"}
-    cost_ref: dict[str, float] = {}
+    cost_ref = run_cost_ref(cfg, pool, model_ids, tasks)  # the train split's, as training used
     columns = [TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     runs = len(methods) * len(tests) + sum(len(s) for s in sweeps.values()) * len(tests)
     start = time.perf_counter()
@@ -108,10 +104,6 @@ def evaluate(cfg: Config, method_names: list[str], limit: int, out_dir: Path, co
 
         for name, method in methods.items():
             trajs = run_all(method)
-            if name == reference:
-                for tname in tests:
-                    own = [t for t in trajs if t.task == tname]
-                    cost_ref[tname] = sum(t.cost_usd for t in own) / len(own)
             m = metrics(trajs, cost_ref, cfg)
             m["decomposer"] = trajs[0].decomposer if trajs else "-"
             m["tasks"] = {tname: metrics([t for t in trajs if t.task == tname], cost_ref, cfg) for tname in tests}
@@ -142,14 +134,13 @@ def evaluate(cfg: Config, method_names: list[str], limit: int, out_dir: Path, co
                       f"{cfg.name}: {sum(results['tasks'].values())} test queries ({', '.join(tests)}); "
                       f"reference {reference}")
     _log_wandb(cfg, results)
-    ray.kill(pool)  # its model servers go with it
     return results
 
 
 def _log_wandb(cfg: Config, results: dict) -> None:
     if cfg.wandb.mode == "disabled":
         return
-    import wandb
+    import wandb  # lazy: optional and heavy, only when W&B is on
 
     run = wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode, dir=cfg.run_dir, job_type="evaluate",
                      config={"config": cfg.name})
@@ -163,9 +154,6 @@ def _log_wandb(cfg: Config, results: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from benchmarks.report import markdown_table
-    from pipelines.zoo import console as make_console
-
     parser = config_parser(__doc__)
     parser.add_argument("--methods", nargs="+", help="methods to run (default: eval.methods in the config)")
     parser.add_argument("--limit", type=int, help="test queries per task (default: eval.limit)")
@@ -178,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out) if args.out else Path(cfg.run_dir) / "eval"
     routers = dict(r.split("=", 1) if "=" in r else (Path(r).name, r) for r in args.router)
     results = evaluate(cfg, args.methods or cfg.eval.methods, args.limit or cfg.eval.limit, out, console, routers)
-    console.print(markdown_table(results), markup=False)
+    console.print(report.markdown_table(results), markup=False)
     console.print(f"results: {out / 'results.json'}  plot: {out / 'pareto.png'}  ({results['wall_seconds']}s)")
     return results
 

@@ -22,16 +22,22 @@ import json
 import random
 import time
 from collections import Counter, defaultdict
-from pathlib import Path
 
+from rich.progress import Progress
+
+from actors.runtime import pool_session
+from benchmarks.tasks import build_world
 from benchmarks.tasks.base import Example, Task
-from pipelines.config import Config, config_from_args, config_parser
-from pipelines.reason import Trajectory, areason_batch
+from core.config import Config, config_from_args, config_parser
+from core.console import console as make_console
+from core.prompts import SEP
+from pipelines.runs import labels_path
 from policies.parsers import Decomposition
-from policies.router import AllocateDecision, DecomposeDecision, Router
+from policies.reason import Trajectory, areason_batch
+from policies.router import AllocateDecision, BaseRouter, DecomposeDecision
 
 
-class PlannedRouter(Router):
+class PlannedRouter(BaseRouter):
     """A given decomposition and tier per step for each example (one chain run of the search)."""
 
     name = "label-search"
@@ -133,8 +139,6 @@ class LabelSearch:
 
 
 def _rendered(step) -> str:
-    from policies.tiny_lm import SEP
-
     p = step.prompt.strip()
     return p[: -len(SEP)].strip() if p.endswith(SEP) else p
 
@@ -168,14 +172,8 @@ async def build_labels(cfg: Config, pool, model_ids: list[str], tasks: dict[str,
     return rows, stats
 
 
-def labels_path(cfg: Config) -> Path:
-    return Path(cfg.run_dir) / "labels" / "labels.jsonl"
-
-
 def write_labels(cfg: Config, pool, model_ids: list[str], console, progress=None) -> list[dict]:
-    """Search labels for the tiny world's tasks and write them (and their stats) under run_dir."""
-    from pipelines.zoo import build_world
-
+    """Search labels for the world's tasks and write them (and their stats) under run_dir."""
     world = build_world(cfg)
     start = time.perf_counter()
     rows, stats = asyncio.run(build_labels(cfg, pool, model_ids, world.tasks, progress))
@@ -193,21 +191,10 @@ def read_labels(cfg: Config) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    import ray
-    from rich.progress import Progress
-
-    from actors.pool import start_pool
-    from actors.runtime import init_ray
-    from pipelines.zoo import console as make_console
-
     cfg = config_from_args(config_parser(__doc__).parse_args(argv))
     console = make_console()
-    init_ray()
-    pool = start_pool(cfg)
-    with Progress(console=console) as progress:
-        rows = write_labels(cfg, pool, ray.get(pool.model_ids.remote()), console, progress)
-    ray.kill(pool)
-    return rows
+    with pool_session(cfg) as (pool, model_ids), Progress(console=console) as progress:
+        return write_labels(cfg, pool, model_ids, console, progress)
 
 
 if __name__ == "__main__":

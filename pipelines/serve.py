@@ -35,8 +35,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.exceptions import RayError
 
-from actors.backends import Completion, SamplingParams
-from pipelines.config import Config, add_config_args, config_from_args
+from actors.pool import pool_models, start_pool
+from actors.runtime import init_ray
+from core.config import Config, add_config_args, config_from_args
+from core.types import Completion, SamplingParams
 
 POOL_APP = "pool"
 
@@ -142,7 +144,7 @@ class PoolIngress:
         if path is None:
             return [f"token_id:{i}" for i in ids]
         if model_id not in self.tokenizers:
-            from transformers import AutoTokenizer
+            from transformers import AutoTokenizer  # lazy: only for token strings of logprobs
 
             self.tokenizers[model_id] = await asyncio.to_thread(AutoTokenizer.from_pretrained, path)
         return [str(t) for t in self.tokenizers[model_id].convert_ids_to_tokens(ids)]
@@ -191,8 +193,6 @@ def build_app(pool_handle: Any, tokenizer_paths: dict[str, str] | None = None) -
 
 def tokenizer_paths(cfg: Config) -> dict[str, str]:
     """Local tokenizer folders of the pool's models that have one (hf, vllm)."""
-    from actors.pool import pool_models
-
     return {m.id: m.path for m in pool_models(cfg) if m.path}
 
 
@@ -204,9 +204,6 @@ class PoolEndpoint(NamedTuple):
 def run_pool_endpoint(cfg: Config, blocking: bool = True, pool: Any = None) -> PoolEndpoint:
     """Start Ray (or join RAY_ADDRESS), the pool (unless `pool` is given) and the Serve app on
     cfg.serve.host:cfg.serve.port. With `blocking`, serve until Ctrl-C/SIGTERM, then shut Serve down."""
-    from actors.pool import start_pool
-    from actors.runtime import init_ray
-
     paths = tokenizer_paths(cfg)  # also checks the pool's models exist, before Ray starts
     init_ray()
     if pool is None:

@@ -15,22 +15,22 @@ import random
 import time
 from pathlib import Path
 
-from pipelines.config import Config, config_from_args, config_parser
+import ray
+from rich.progress import Progress
+from transformers import AutoTokenizer
+
+from actors.learner import Learner
+from actors.runtime import pool_session
+from core.config import Config, config_from_args, config_parser
+from core.console import console as make_console
+from pipelines.labels import read_labels, write_labels
+from pipelines.runs import init_dir, labels_path, router_dir, save_router_meta
 from policies.parsers import format_decomposition
 from policies.router import TEMPLATES
 
 
-def init_dir(cfg: Config) -> Path:
-    name = cfg.train.init or cfg.zoo.models[-1].name
-    return cfg.zoo_dir / name
-
-
-def router_dir(cfg: Config, stage: str) -> Path:
-    return Path(cfg.run_dir) / "router" / stage
-
-
 def sft_data(rows: list[dict], tokenizer, templates: str) -> dict[str, list[tuple[str, list[int]]]]:
-    tpl = TEMPLATES[templates]()
+    tpl = TEMPLATES.lookup(templates)()
     dec = [(tpl.decompose_prompt(r["query"], tokenizer),
             tokenizer.encode(format_decomposition(r["steps"]), add_special_tokens=False) + [tokenizer.eos_token_id])
            for r in rows]
@@ -49,8 +49,6 @@ def total_steps(cfg: Config, data: dict[str, list]) -> dict[str, int]:
 
 
 def run_sft(cfg: Config, learner, data: dict[str, list], console, progress=None) -> dict:
-    import ray
-
     rng = random.Random(cfg.seed)
     history: dict[str, list] = {}
     steps = total_steps(cfg, data)
@@ -71,24 +69,11 @@ def run_sft(cfg: Config, learner, data: dict[str, list], console, progress=None)
     return history
 
 
-def main(argv: list[str] | None = None) -> Path:
-    import ray
-    from rich.progress import Progress
-    from transformers import AutoTokenizer
-
-    from actors.learner import Learner
-    from actors.pool import start_pool
-    from actors.runtime import init_ray
-    from pipelines.labels import labels_path, read_labels, write_labels
-    from pipelines.zoo import console as make_console
-
-    cfg = config_from_args(config_parser(__doc__).parse_args(argv))
-    console = make_console()
-    init_ray()
-    pool = start_pool(cfg)
-    model_ids = ray.get(pool.model_ids.remote())
-    start = time.perf_counter()
-    with Progress(console=console) as progress:
+def run_sft_stage(cfg: Config, console) -> Path:
+    """Labels (searched when `<run_dir>/labels/labels.jsonl` is missing), then SFT of both policies;
+    returns the SFT router folder."""
+    with pool_session(cfg) as (pool, model_ids), Progress(console=console) as progress:
+        start = time.perf_counter()
         if not labels_path(cfg).exists():
             write_labels(cfg, pool, model_ids, console, progress)
         rows = read_labels(cfg)
@@ -98,15 +83,20 @@ def main(argv: list[str] | None = None) -> Path:
         learner = Learner.remote(cfg.model_dump_json(), {"decomposer": init, "allocator": init}, model_ids,
                                  cfg.train.sft_lr, total_steps(cfg, data))
         history = run_sft(cfg, learner, data, console, progress)
-    out = router_dir(cfg, "sft")
-    ray.get(learner.save_pretrained.remote(str(out)))
+        out = router_dir(cfg, "sft")
+        ray.get(learner.save_pretrained.remote(str(out)))
+        ray.kill(learner)
+        save_router_meta(cfg, out, model_ids, "sft")
     (out / "sft_history.json").write_text(json.dumps(
         {"history": history, "labels": len(rows), "label_seconds": round(t_labels, 1),
          "seconds": round(time.perf_counter() - start, 1), "init": init}, indent=2))
     console.print(f"sft router: {out} ({time.perf_counter() - start:.0f}s)")
-    for actor in (learner, pool):
-        ray.kill(actor)
     return out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    cfg = config_from_args(config_parser(__doc__).parse_args(argv))
+    return run_sft_stage(cfg, make_console())
 
 
 if __name__ == "__main__":

@@ -11,60 +11,32 @@ allocator, the decomposer frozen). Starts from the SFT router (`pipelines.sft`);
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import random
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
+import ray
 import torch
+from rich.progress import Progress
 
-from pipelines.config import Config, config_from_args, config_parser
-from pipelines.grpo import group_advantages
-from pipelines.reward import reward
-
-POLICIES = ("decomposer", "allocator")
+from actors.learner import POLICIES, Learner
+from actors.rollout import RolloutWorker
+from actors.runtime import pool_session
+from actors.weight_sync import make_sync
+from benchmarks.tasks import build_world
+from core.config import Config, config_from_args, config_parser
+from core.console import console as make_console
+from pipelines.runs import cost_ref, router_dir, save_router_meta
+from policies.grpo import training_items
+from policies.reward import reward
 
 
 def phase_of(step: int, every: int) -> str:
     return POLICIES[(step // every) % 2]
-
-
-def training_items(trajs, rewards: list[float], group: int, phase: str) -> list[dict]:
-    """Per trajectory (decomposer) or per allocation decision (allocator): the sampled tokens, their
-    sampler logprobs and the trajectory's group advantage. Groups without reward spread carry no
-    signal and are left out."""
-    adv = group_advantages(torch.tensor(rewards).view(-1, group)).view(-1).tolist()
-    items = []
-    for t, a in zip(trajs, adv):
-        if abs(a) < 1e-6:
-            continue
-        if phase == "decomposer":
-            s = t.decomposition.sample
-            if s is not None and s.token_ids:
-                items.append({"prompt": t.decomposition.prompt, "token_ids": s.token_ids,
-                              "old_logprobs": s.logprobs, "advantage": a})
-        else:
-            for st in t.steps:
-                if st.allocation.prompt:
-                    items.append({"prompt": st.allocation.prompt, "tier": st.allocation.tier,
-                                  "old_logprobs": [st.allocation.logprob], "advantage": a})
-    return items
-
-
-def compute_cost_ref(cfg: Config, pool, model_ids, tasks) -> dict[str, float]:
-    """Mean cost per query of the reference (every gold step on the largest model) on train queries."""
-    from benchmarks.baselines import Context, make_method
-
-    ctx = Context(pool, model_ids, cfg.reason, cfg.seed)
-    ref = make_method(f"all:{model_ids[-1]}", ctx)
-    out = {}
-    for name, task in tasks.items():
-        trajs = asyncio.run(ref.run(task.load("train")[: cfg.train.cost_ref_queries], task, ctx))
-        out[name] = sum(t.cost_usd for t in trajs) / len(trajs)
-    return out
 
 
 def _mean(xs: list[float]) -> float:
@@ -72,7 +44,7 @@ def _mean(xs: list[float]) -> float:
 
 
 def plot_curves(history: list[dict], path: Path, window: int = 10) -> None:
-    import matplotlib
+    import matplotlib  # lazy: only plotting needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -100,27 +72,15 @@ def plot_curves(history: list[dict], path: Path, window: int = 10) -> None:
 
 class Trainer:
     def __init__(self, cfg: Config, console, resume: bool = False):
-        import ray
-
-        from actors.learner import Learner
-        from actors.pool import start_pool
-        from actors.rollout import RolloutWorker
-        from actors.runtime import init_ray
-        from actors.weight_sync import make_sync
-        from pipelines.sft import router_dir
-        from pipelines.zoo import build_world
-
         self.cfg, self.console = cfg, console
         self.out = Path(cfg.run_dir) / f"train{cfg.train.suffix}"
         self.ckpt = self.out / "checkpoint"
         sft = router_dir(cfg, "sft")
         if not (sft / "allocator").exists():
             raise SystemExit(f"no SFT router at {sft}: run `python -m pipelines.sft --config ...` first")
-        init_ray()
-        self.pool = start_pool(cfg)
-        self.model_ids = ray.get(self.pool.model_ids.remote())
-        world = build_world(cfg)
-        self.tasks = world.tasks
+        self._session = ExitStack()
+        self.pool, self.model_ids = self._session.enter_context(pool_session(cfg))
+        self.tasks = build_world(cfg).tasks
         self.train_sets = {n: t.load("train") for n, t in self.tasks.items()}
         dirs = {p: str(sft / p) for p in POLICIES}
         cfg_json = cfg.model_dump_json()
@@ -138,13 +98,13 @@ class Trainer:
         elif not resume and self.out.exists():
             (self.out / "history.jsonl").unlink(missing_ok=True)
         if "cost_ref" not in self.state:
-            self.state["cost_ref"] = compute_cost_ref(cfg, self.pool, self.model_ids, self.tasks)
+            self.state["cost_ref"] = cost_ref(cfg, self.pool, self.model_ids, self.tasks)
         self.run = self._wandb()
 
     def _wandb(self):
         if self.cfg.wandb.mode == "disabled":
             return None
-        import wandb
+        import wandb  # lazy: optional and heavy, only when W&B is on
 
         self.state.setdefault("wandb_id", uuid.uuid4().hex[:8])
         return wandb.init(project=self.cfg.wandb.project, mode=self.cfg.wandb.mode, dir=self.cfg.run_dir,
@@ -163,8 +123,6 @@ class Trainer:
         return jobs
 
     def step(self) -> dict:
-        import ray
-
         cfg, step = self.cfg, self.state["step"]
         phase = phase_of(step, cfg.train.alternate_every)
         t_sync = self.sync.push(step, sorted(self.stale))  # learner -> rollout workers
@@ -197,24 +155,17 @@ class Trainer:
         return metrics
 
     def close(self) -> None:
-        import ray
-
-        for actor in [self.learner, *self.workers, self.pool]:
+        for actor in [self.learner, *self.workers]:
             ray.kill(actor)
+        self._session.close()
         if self.run:
             self.run.finish()
 
     def checkpoint(self) -> None:
-        import ray
-
         ray.get(self.learner.set_state.remote({k: v for k, v in self.state.items() if k != "step"}))
         ray.get(self.learner.save_checkpoint.remote(str(self.ckpt)))
 
     def fit(self, steps: int | None = None, progress=None) -> list[dict]:
-        import ray
-
-        from pipelines.sft import router_dir
-
         total = self.cfg.train.grpo_steps if steps is None else steps
         self.out.mkdir(parents=True, exist_ok=True)
         bar = progress.add_task("grpo", total=total, completed=self.state["step"]) if progress else None
@@ -235,16 +186,13 @@ class Trainer:
         history = [json.loads(line) for line in (self.out / "history.jsonl").read_text().splitlines()]
         if history:
             plot_curves(history, self.out / "learning_curves.png")
-        ray.get(self.learner.save_pretrained.remote(str(router_dir(self.cfg, "grpo" + self.cfg.train.suffix))))
+        out = router_dir(self.cfg, "grpo" + self.cfg.train.suffix)
+        ray.get(self.learner.save_pretrained.remote(str(out)))
+        save_router_meta(self.cfg, out, self.model_ids, "grpo")
         return new
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from rich.progress import Progress
-
-    from pipelines.sft import router_dir
-    from pipelines.zoo import console as make_console
-
     parser = config_parser(__doc__)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     args = parser.parse_args(argv)

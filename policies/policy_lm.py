@@ -32,12 +32,12 @@ class PolicyLM:
     @classmethod
     def from_pretrained(cls, path: str | Path, lora: dict | None = None, device: str | None = None) -> PolicyLM:
         """Loads on `device` (default: the GPU when there is one, else the CPU)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: heavy, only to load
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device)
         if lora:
-            from peft import LoraConfig, get_peft_model
+            from peft import LoraConfig, get_peft_model  # lazy: optional (LoRA adapters)
 
             model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
         return cls(model, AutoTokenizer.from_pretrained(str(path)))

@@ -1,7 +1,7 @@
 """The router: a decomposer (query -> ordered steps) and an allocator (step -> pool tier).
 
-`Router` is the one interface the chain (`pipelines.reason`) calls. `PolicyRouter` is R2's router: two
-`PolicyLM`s. Baselines (`benchmarks.baselines`) implement the same two methods with fixed rules."""
+`BaseRouter` is the one interface the chain (`policies.reason`) calls. `PolicyRouter` is R2's router: two
+`PolicyLM`s. Baselines (`policies.baselines`) implement the same two methods with fixed rules."""
 from __future__ import annotations
 
 import abc
@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 import torch
 
 from benchmarks.tasks.base import Example, Task
+from core.prompts import format_prompt
+from core.registry import Registry
 from policies.parsers import Decomposition, parse_decomposition
 from policies.policy_lm import PolicyLM, Sample
-from policies.tiny_lm import MODEL_SLOTS, ROUTER_WORDS, STEP_SEP, format_prompt
+from policies.tiny_lm import MODEL_SLOTS, ROUTER_WORDS, STEP_SEP
 
 REFS = [w for w in ROUTER_WORDS if w.startswith("#")]
 
@@ -32,7 +34,7 @@ class AllocateDecision:
     tier_logprobs: list[float] = field(default_factory=list)
 
 
-class Router(abc.ABC):
+class BaseRouter(abc.ABC):
     name: str = "router"
     decomposer_name: str = "gold"
 
@@ -62,6 +64,10 @@ class WholeQuery:
         return [DecomposeDecision(Decomposition([ex.query], True)) for ex in examples]
 
 
+TEMPLATES: Registry[type] = Registry("router template")
+
+
+@TEMPLATES.register("tiny")
 class TinyTemplates:
     """Prompts of the tiny world's router: `decompose <query> =` -> `step | step`, and
     `allocate <step> =` -> one tier token `<mK>` (tier K of the pool, cheapest = 0)."""
@@ -81,6 +87,7 @@ class TinyTemplates:
         return [[i] for i in tokenizer.convert_tokens_to_ids(MODEL_SLOTS[: len(model_ids)])]
 
 
+@TEMPLATES.register("chat")
 class ChatTemplates:
     """Natural-language prompts for instruct LMs (chat template when the tokenizer has one); the
     allocator's candidates are the pool's model ids, written after the prompt."""
@@ -111,11 +118,49 @@ class ChatTemplates:
         return [tokenizer.encode(m, add_special_tokens=False) + [tokenizer.eos_token_id] for m in model_ids]
 
 
-TEMPLATES = {"tiny": TinyTemplates, "chat": ChatTemplates}
-MIN_TEMPERATURE = 1e-3
+MIN_TEMPERATURE = 1e-3  # temperatures below this decode greedily (dividing by them overflows)
 
 
-class PolicyRouter(Router):
+def effective_temperature(t: float) -> float:
+    return t if t >= MIN_TEMPERATURE else 0.0
+
+
+class ActionSpace:
+    """The one definition of both policies' action distributions, used by the sampler (`PolicyRouter`)
+    and the learner alike: the decomposer's vocabulary restriction and the allocator's softmax over the
+    pool tiers' candidates, each at a given temperature (0 = greedy: scored at temperature 1)."""
+
+    def __init__(self, templates: str, model_ids: list[str]):
+        self.templates = TEMPLATES.lookup(templates)()
+        self.model_ids = model_ids
+
+    def decompose_vocab(self, prompts: list[str], tokenizer) -> list[list[int]] | None:
+        vocab = [self.templates.decompose_vocab(p, tokenizer) for p in prompts]
+        return None if any(v is None for v in vocab) else vocab
+
+    def decomposition_logprobs(self, lm: PolicyLM, prompts: list[str], targets: list[list[int]],
+                               temperature: float) -> list[torch.Tensor]:
+        """Differentiable logprobs of given decomposition tokens, as the sampler drew them."""
+        t = effective_temperature(temperature) or 1.0
+        return lm.token_logprobs(prompts, targets, temperature=t, allowed=self.decompose_vocab(prompts, lm.tokenizer))
+
+    def sample_decompositions(self, lm: PolicyLM, prompts: list[str], max_tokens: int, temperature: float,
+                              generator: torch.Generator | None = None) -> list[Sample]:
+        return lm.sample(prompts, max_tokens, effective_temperature(temperature),
+                         allowed=self.decompose_vocab(prompts, lm.tokenizer), generator=generator)
+
+    def tier_logprobs(self, lm: PolicyLM, prompts: list[str], n_tiers: int, temperature: float) -> torch.Tensor:
+        """[len(prompts), n_tiers] log-softmax over the tiers' candidate scores (differentiable)."""
+        cands = self.templates.candidates(self.model_ids[:n_tiers], lm.tokenizer)
+        flat_prompts = [p for p in prompts for _ in cands]
+        flat_cands = [c for _ in prompts for c in cands]
+        lps = lm.token_logprobs(flat_prompts, flat_cands)
+        scores = torch.stack([lp.sum() for lp in lps]).view(len(prompts), len(cands))
+        t = effective_temperature(temperature)
+        return (scores / t if t > 0 else scores).log_softmax(-1)
+
+
+class PolicyRouter(BaseRouter):
     """R2's router: a decomposer and an allocator `PolicyLM`. The allocator scores every pool model's
     candidate continuation and samples from the softmax over them, so it can only name a pool model."""
 
@@ -125,11 +170,10 @@ class PolicyRouter(Router):
                  templates: str = "tiny", temperature: float = 0.0, max_steps: int = 6, max_tokens: int = 24,
                  seed: int = 0, label: str = "policy", decompose_temperature: float | None = None):
         self.decomposer, self.allocator, self.model_ids = decomposer, allocator, model_ids
-        self.templates = TEMPLATES[templates]()
-        # temperatures this close to 0 decode greedily (dividing by them overflows)
-        self.temperature = temperature if temperature >= MIN_TEMPERATURE else 0.0
-        dt = temperature if decompose_temperature is None else decompose_temperature
-        self.decompose_temperature = dt if dt >= MIN_TEMPERATURE else 0.0
+        self.actions = ActionSpace(templates, model_ids)
+        self.temperature = effective_temperature(temperature)
+        self.decompose_temperature = effective_temperature(
+            temperature if decompose_temperature is None else decompose_temperature)
         self.max_steps, self.max_tokens = max_steps, max_tokens
         self.generator = torch.Generator().manual_seed(seed)
         self.decomposer_name = label if decomposer is not None else "gold"
@@ -139,33 +183,17 @@ class PolicyRouter(Router):
     def decompose(self, examples: list[Example], task: Task) -> list[DecomposeDecision]:
         if self.decomposer is None:
             return self._gold.decompose(examples, task)
-        tok = self.decomposer.tokenizer
-        prompts = [self.templates.decompose_prompt(ex.query, tok) for ex in examples]
-        samples = self.decomposer.sample(prompts, self.max_tokens, self.decompose_temperature,
-                                         allowed=self.decompose_vocab(prompts), generator=self.generator)
+        prompts = [self.actions.templates.decompose_prompt(ex.query, self.decomposer.tokenizer) for ex in examples]
+        samples = self.actions.sample_decompositions(self.decomposer, prompts, self.max_tokens,
+                                                     self.decompose_temperature, self.generator)
         return [DecomposeDecision(parse_decomposition(self._prefix + s.text, self.max_steps), p, s)
                 for p, s in zip(prompts, samples)]
 
-    def decompose_vocab(self, prompts: list[str]) -> list[list[int]] | None:
-        vocab = [self.templates.decompose_vocab(p, self.decomposer.tokenizer) for p in prompts]
-        return None if any(v is None for v in vocab) else vocab
-
-    def tier_logprobs(self, prompts: list[str], n_tiers: int) -> torch.Tensor:
-        """[len(prompts), n_tiers] log-softmax over the tiers' candidate scores (differentiable)."""
-        cands = self.templates.candidates(self.model_ids[:n_tiers], self.allocator.tokenizer)
-        flat_prompts = [p for p in prompts for _ in cands]
-        flat_cands = [c for _ in prompts for c in cands]
-        lps = self.allocator.token_logprobs(flat_prompts, flat_cands)
-        scores = torch.stack([lp.sum() for lp in lps]).view(len(prompts), len(cands))
-        if self.temperature > 0:
-            scores = scores / self.temperature
-        return scores.log_softmax(-1)
-
     def allocate(self, step_texts: list[str], examples: list[Example], n_tiers: int) -> list[AllocateDecision]:
         tok = self.allocator.tokenizer
-        prompts = [self.templates.allocate_prompt(t, self.model_ids[:n_tiers], tok) for t in step_texts]
+        prompts = [self.actions.templates.allocate_prompt(t, self.model_ids[:n_tiers], tok) for t in step_texts]
         with torch.no_grad():
-            logp = self.tier_logprobs(prompts, n_tiers).cpu()
+            logp = self.actions.tier_logprobs(self.allocator, prompts, n_tiers, self.temperature).cpu()
         if self.temperature > 0:
             tiers = torch.multinomial(logp.exp(), 1, generator=self.generator).squeeze(-1).tolist()
         else:

@@ -47,7 +47,7 @@ def is_converted(out_dir: str | Path) -> bool:
 
 def convert(gguf_path: Path, out_dir: Path) -> dict:
     """GGUF -> HF folder at `out_dir` (float32). Returns what the marker records."""
-    import torch
+    import torch  # lazy: heavy; this module's CLI checks the package first
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:

@@ -8,22 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from core.prompts import SEP
+
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 SPECIALS = [PAD, BOS, EOS, UNK]
-SEP = "="
 # words of the router's own prompts and outputs: step separators, references to earlier answers, and
 # one token per pool tier (the allocator names a tier; the pool maps tiers to model ids)
 STEP_SEP = "|"
 ROUTER_WORDS = ["decompose", "allocate", STEP_SEP, "#1", "#2", "#3", "#4", "#5", "#6"]
 MODEL_SLOTS = [f"<m{i}>" for i in range(8)]
 
-
-def format_prompt(question: str) -> str:
-    """The text a tiny model is asked: the question, then the separator it answers after."""
-    return f"{question} {SEP}"
 
 
 def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
@@ -46,8 +44,6 @@ def build_model(
     tokenizer: PreTrainedTokenizerFast, hidden: int, layers: int, heads: int, intermediate: int,
     max_positions: int = 128, seed: int = 0,
 ) -> LlamaForCausalLM:
-    import torch
-
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,

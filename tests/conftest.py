@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def zoo_config():
     """configs/test.yaml with its zoo trained (by the project's own zoo pipeline)."""
-    from pipelines.config import load_config
+    from core.config import load_config
     from pipelines.zoo import run_zoo
 
     cfg = load_config(ROOT / "configs" / "test.yaml", [f"run_dir={ROOT / 'runs' / 'tests'}"])

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import Config, ConfigError, load_config
+from core.config import Config, ConfigError, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -47,7 +47,7 @@ def test_missing_file_and_bad_override_syntax(tmp_path):
 def test_cli_exits_with_one_line(capsys):
     import argparse
 
-    from pipelines.config import add_config_args, config_from_args
+    from core.config import add_config_args, config_from_args
 
     parser = argparse.ArgumentParser()
     add_config_args(parser)
@@ -67,7 +67,7 @@ def test_base_config_is_merged_under_the_file(tmp_path):
 
 
 def test_shared_zoo_dir_keeps_the_zoo_cache_key():
-    from pipelines.zoo import model_key
+    from actors.zoo import model_key
 
     tiny, long = load_config(CONFIGS / "tiny.yaml"), load_config(CONFIGS / "tiny-long.yaml")
     assert long.zoo_dir == tiny.zoo_dir

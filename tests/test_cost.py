@@ -1,8 +1,8 @@
 import pytest
 
-from actors.backends.base import Usage
 from actors.cost import CostLedger, CostModel, table_price_per_m
-from pipelines.config import PriceConfig
+from core.config import PriceConfig
+from core.types import Usage
 
 
 def test_table_price_comes_from_litellm_data():

@@ -1,5 +1,5 @@
 from benchmarks.tasks.facts import FactsTask, FactsWorld, chain_question
-from pipelines.config import FactsConfig
+from core.config import FactsConfig
 
 CFG = FactsConfig(n_entities=60, n_relations=6, n_train_chains=200, n_test_chains=50, eval_facts_per_bucket=20)
 

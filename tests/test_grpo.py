@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from pipelines.grpo import group_advantages, grpo_loss, k3_kl, pad_sequences
-from pipelines.reward import reward
+from policies.grpo import group_advantages, grpo_loss, k3_kl, pad_sequences
+from policies.reward import reward
 
 
 def test_group_advantages_by_hand():

@@ -1,13 +1,14 @@
-from actors.backends import SamplingParams, make_backend
-from policies.tiny_lm import format_prompt
+from actors.backends import make_backend
+from core.prompts import format_prompt
+from core.types import SamplingParams
 
 
 def test_batched_greedy_equals_unbatched(zoo_model_dir, zoo_config):
-    from pipelines.zoo import build_world
+    from benchmarks.tasks import build_world
 
     world = build_world(zoo_config)
-    prompts = [format_prompt(e.query) for e in world.facts.load("test")[:6]]
-    prompts += [format_prompt(e.query) for e in world.scan.clause_examples()[:6]]
+    prompts = [format_prompt(e.query) for e in world.tasks["facts"].load("test")[:6]]
+    prompts += [format_prompt(e.query) for e in world.tasks["scan"].clause_examples()[:6]]
     b = make_backend("hf", "m", {"path": str(zoo_model_dir)})
     params = SamplingParams(max_new_tokens=30)
     batched = b.generate(prompts, params)

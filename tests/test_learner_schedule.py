@@ -1,14 +1,14 @@
 """The SFT learning-rate schedule the learner hands DeepSpeed: linear warmup, then cosine decay to 0."""
 import torch
 
-from actors.learner import _init_distributed_env, ds_config
-from pipelines.config import load_config
+from actors.learner import ds_config, init_distributed_env
+from core.config import load_config
 
 
 def test_sft_schedule_warms_up_then_decays_to_zero():
     import deepspeed
 
-    _init_distributed_env()
+    init_distributed_env()
     if not torch.cuda.is_available():
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     cfg = load_config("configs/test.yaml", ["train.sft_warmup_steps=4", "train.zero_stage=0"])

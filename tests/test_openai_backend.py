@@ -10,8 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from actors.backends import SamplingParams, make_backend
+from actors.backends import make_backend
 from actors.backends.openai import EndpointError, OpenAIBackend, parse_token_ids
+from core.types import SamplingParams
 
 
 def answer(prompt: str) -> dict:

@@ -16,7 +16,7 @@ from benchmarks.tasks.scan import (
     interpret,
     vocab,
 )
-from pipelines.config import ScanConfig
+from core.config import ScanConfig
 
 SCAN_FILES = ("tasks_train_simple.txt", "tasks_test_simple.txt")
 

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.zoo import TokenStream, build_world, run_zoo, training_pairs
+from actors.zoo import TokenStream, zoo_tokenizer
+from benchmarks.tasks import build_world
+from pipelines.zoo import run_zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,13 +52,11 @@ def test_second_run_reuses_checkpoints(zoo_config, zoo_card):
 
 
 def test_token_stream_is_deterministic_and_masks_prompts(zoo_config):
-    from policies.tiny_lm import build_tokenizer
-
     world = build_world(zoo_config)
-    tok = build_tokenizer(world.words())
+    tok = zoo_tokenizer(world)
     cfg = zoo_config.model_copy(update={"zoo": zoo_config.zoo.model_copy(update={"train_tokens": 5000})})
-    a = list(TokenStream(cfg, tok, training_pairs(world)).batches())
-    b = list(TokenStream(cfg, tok, training_pairs(world)).batches())
+    a = list(TokenStream(cfg, tok, world.zoo_pairs()).batches())
+    b = list(TokenStream(cfg, tok, world.zoo_pairs()).batches())
     assert len(a) == len(b) > 0
     sep = tok.convert_tokens_to_ids("=")
     for (ids, labels, _), (ids2, _, _) in zip(a, b):

@@ -22,7 +22,8 @@ import time
 def main(request_path: str, result_path: str) -> None:
     import vllm
 
-    from actors.backends import SamplingParams, make_backend
+    from actors.backends import make_backend
+    from core.types import SamplingParams
 
     req = json.loads(open(request_path).read())
     t0 = time.perf_counter()

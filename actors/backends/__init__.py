@@ -1,14 +1,14 @@
-"""Model backends, one registry: `hf` (transformers), `openai` (any OpenAI-compatible endpoint),
-`vllm` (AsyncLLMEngine, imported only when used)."""
-from actors.backends import hf, openai, vllm  # noqa: F401,E402  (registration)
-from actors.backends.base import (
-    BACKENDS,
-    Backend,
-    Completion,
-    SamplingParams,
-    Usage,
-    make_backend,
-    register_backend,
-)
+"""Backends, a registry: `make_backend(kind, model_id, spec)` loads one pool model (`hf`, `openai`,
+`vllm`); each imports its heavy dependencies only when it loads a model."""
+from typing import Any
 
-__all__ = ["BACKENDS", "Backend", "Completion", "SamplingParams", "Usage", "make_backend", "register_backend"]
+from actors.backends import hf, openai, vllm  # noqa: F401  (registration)
+from actors.backends.base import BACKENDS, Backend, register_backend
+
+
+def make_backend(kind: str, model_id: str, spec: dict[str, Any]) -> Backend:
+    """Instantiate a backend by registry name."""
+    return BACKENDS.lookup(kind)(model_id, spec)
+
+
+__all__ = ["BACKENDS", "Backend", "make_backend", "register_backend"]

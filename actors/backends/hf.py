@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import time
 
-from actors.backends.base import Backend, Completion, SamplingParams, Usage, register_backend
+from actors.backends.base import Backend, register_backend
+from core.types import Completion, SamplingParams, Usage
 
 
 @register_backend("hf")
 class HFBackend(Backend):
     def __init__(self, model_id: str, spec: dict):
         super().__init__(model_id, spec)
-        import torch
+        import torch  # lazy: backends import their engine only when they load a model
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch

@@ -29,7 +29,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from actors.backends.base import Backend, Completion, SamplingParams, Usage, register_backend
+from actors.backends.base import Backend, register_backend
+from core.types import Completion, SamplingParams, Usage
 
 TOKEN_ID_EXTENSION = "return_tokens_as_token_ids"
 _TOKEN_ID_PREFIX = "token_id:"
@@ -61,7 +62,7 @@ class OpenAIBackend(Backend):
 
     def __init__(self, model_id: str, spec: dict[str, Any]):
         super().__init__(model_id, spec)
-        from openai import OpenAI
+        from openai import OpenAI  # lazy: only a pool with an openai model needs the client
 
         self.url = spec.get("url")
         if not self.url:
@@ -105,7 +106,7 @@ class OpenAIBackend(Backend):
         return req
 
     def _fail(self, err: Exception) -> EndpointError:
-        import openai
+        import openai  # lazy, as above
 
         where = f"openai backend {self.model_id!r}: POST {self.endpoint} (model {self.remote_model!r})"
         attempts = f"gave up after {self.max_retries + 1} attempt(s) (max_retries={self.max_retries})"
@@ -125,7 +126,7 @@ class OpenAIBackend(Backend):
         return EndpointError(f"{where} failed: {why}")
 
     def _one(self, prompt: str, params: SamplingParams) -> Completion:
-        import openai
+        import openai  # lazy, as above
 
         start = time.perf_counter()
         req = self._request(prompt, params)

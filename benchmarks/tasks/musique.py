@@ -108,7 +108,7 @@ class MusiqueTask(Task):
             with open(self.path, encoding="utf-8") as f:
                 return [json.loads(line) for line in f if line.strip()]
         try:
-            import datasets
+            import datasets  # lazy: optional, only for the HF dataset path
         except ImportError as e:
             raise ImportError(
                 f"musique: loading {self.hf_dataset!r} from the Hugging Face Hub needs the optional `datasets` "

@@ -12,7 +12,7 @@ import random
 from functools import cache
 
 from benchmarks.tasks.base import Example, Step, Task, exact_match, register_task
-from pipelines.config import ScanConfig
+from core.config import Config, ScanConfig
 
 PRIMITIVES = {"walk": "I_WALK", "look": "I_LOOK", "run": "I_RUN", "jump": "I_JUMP"}
 TURNS = {"left": "I_TURN_LEFT", "right": "I_TURN_RIGHT"}
@@ -20,6 +20,7 @@ REPEATS = {"twice": 2, "thrice": 3}
 CONJUNCTIONS = ("and", "after")
 N_COMMANDS = 20_910
 N_CLAUSES = 102
+COMMAND_MAX_TOKENS = 50  # the longest command has 48 actions
 
 
 def _atom(words: list[str]) -> list[str]:
@@ -118,6 +119,21 @@ class ScanTask(Task):
         random.Random(seed).shuffle(order)
         n_test = round(N_COMMANDS * self.cfg.test_fraction)
         self._test, self._train = order[:n_test], order[n_test:]
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> ScanTask:
+        return cls(cfg.tasks.scan, cfg.seed)
+
+    def vocab(self) -> list[str]:
+        return vocab()
+
+    def zoo_pairs(self):
+        return {"scan_clause": ([(c, interpret(c)) for c in all_clauses()], None),
+                "scan_command": ([(e.query, e.answer) for e in self.load("train")], None)}
+
+    def card_sets(self):
+        return {"scan:clause": ([(e.query, e.answer) for e in self.clause_examples()], self.step_max_tokens),
+                "scan:command": ([(e.query, e.answer) for e in self.load("test")], COMMAND_MAX_TOKENS)}
 
     def _example(self, idx: int) -> Example:
         command = _all_commands()[idx]

@@ -4,9 +4,10 @@ import asyncio
 
 import pytest
 
-from actors.backends import SamplingParams, make_backend
+from actors.backends import make_backend
 from actors.pool import start_pool
-from policies.tiny_lm import format_prompt
+from core.prompts import format_prompt
+from core.types import SamplingParams
 
 pytestmark = pytest.mark.integration
 
@@ -20,10 +21,10 @@ def pool(zoo_config, ray_local):
 
 
 def test_64_concurrent_requests_match_unbatched_greedy(pool, zoo_config, ray_local):
-    from pipelines.zoo import build_world
+    from benchmarks.tasks import build_world
 
     world = build_world(zoo_config)
-    questions = [e.query for e in world.facts.load("test")[:24]] + [s.prompt for e in world.facts.load("test")[:20]
+    questions = [e.query for e in world.tasks["facts"].load("test")[:24]] + [s.prompt for e in world.tasks["facts"].load("test")[:20]
                                                                      for s in e.steps]
     questions = questions[:64]
     models = ray_local.get(pool.model_ids.remote())

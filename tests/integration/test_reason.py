@@ -5,8 +5,8 @@ import json
 import pytest
 
 from actors.pool import start_pool
-from benchmarks.baselines import Context, expand, make_method
-from pipelines.reason import reason_batch
+from policies.baselines import Context, expand, make_method
+from policies.reason import reason_batch
 from policies.router import PolicyRouter
 
 pytestmark = pytest.mark.integration
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def setup(zoo_config, ray_local):
-    from pipelines.zoo import build_world
+    from benchmarks.tasks import build_world
 
     pool = start_pool(zoo_config)
     ids = ray_local.get(pool.model_ids.remote())
@@ -30,7 +30,7 @@ def all_on_largest(setup, task_name: str, n: int):
     """(examples, trajectories) of `all:<largest>` on the first n test queries of a task."""
     cfg, pool, ids, world = setup
     ctx = Context(pool, ids, cfg.reason)
-    task = getattr(world, task_name)
+    task = world.tasks[task_name]
     examples = task.load("test")[:n]
     return examples, run(make_method(f"all:{ids[-1]}", ctx), examples, task, ctx)
 
@@ -43,7 +43,7 @@ def test_chain_records_every_call_and_scores(setup):
         assert all(s.model_id == ids[-1] for s in t.steps)
         # the second hop asks about the first hop's own answer
         assert t.steps[1].prompt == f"{ex.meta['relations'][1]} of {t.steps[0].answer} ="
-        assert t.correct == world.facts.score(t.answer, ex) and t.answer == t.steps[-1].answer
+        assert t.correct == world.tasks["facts"].score(t.answer, ex) and t.answer == t.steps[-1].answer
         assert t.cost_usd == pytest.approx(sum(c.cost_usd for c in t.calls)) and t.cost_usd > 0
         assert 0 <= t.steps[0].confidence <= 1
     assert sum(t.correct for t in trajs) >= 10  # the largest test model knows these facts
@@ -58,33 +58,33 @@ def test_scan_composes_clause_answers(setup):
 
 def test_procedural_review_escalates_low_confidence_steps(setup):
     cfg, pool, ids, world = setup
-    examples = world.facts.load("test")[:8]
+    examples = world.tasks["facts"].load("test")[:8]
     always = cfg.reason.model_copy(update={"tau": 1.01, "max_escalations": 2})
-    from benchmarks.baselines import FixedRouter
+    from policies.baselines import FixedRouter
     from policies.router import GoldDecomposition
 
     router = FixedRouter("t0", GoldDecomposition(), lambda *_: 0)
-    trajs = reason_batch(examples, router, pool, world.facts, always, ids)
+    trajs = reason_batch(examples, router, pool, world.tasks["facts"], always, ids)
     for t in trajs:
         for s in t.steps:  # tier 0 -> 1 -> 2: three calls, each one tier up
             assert [c.model_id for c in s.calls] == ids[:3]
     to_top = always.model_copy(update={"escalation": "top", "max_escalations": 1})
-    for t in reason_batch(examples, router, pool, world.facts, to_top, ids):
+    for t in reason_batch(examples, router, pool, world.tasks["facts"], to_top, ids):
         assert all([c.model_id for c in s.calls] == [ids[0], ids[-1]] for s in t.steps)
     never = cfg.reason.model_copy(update={"tau": 0.0})
-    for t in reason_batch(examples, router, pool, world.facts, never, ids):
+    for t in reason_batch(examples, router, pool, world.tasks["facts"], never, ids):
         assert all(len(s.calls) == 1 for s in t.steps)
 
 
 def test_every_baseline_runs(setup):
     cfg, pool, ids, world = setup
     ctx = Context(pool, ids, cfg.reason)
-    examples = world.facts.load("test")[:10]
+    examples = world.tasks["facts"].load("test")[:10]
     for name in expand(["single:*", "all:*", "random", "cascade", "two-tier", "task-router"], ids):
         method = make_method(name, ctx)
         if name == "task-router":
-            method.train = {"facts": world.facts.load("train")[:30]}
-        trajs = run(method, examples, world.facts, ctx)
+            method.train = {"facts": world.tasks["facts"].load("train")[:30]}
+        trajs = run(method, examples, world.tasks["facts"], ctx)
         assert len(trajs) == len(examples) and all(t.cost_usd > 0 for t in trajs), name
         if name.startswith("single:"):
             assert all(len(t.steps) == 1 and t.decomposer == "none" for t in trajs)
@@ -98,8 +98,8 @@ def test_untrained_policy_router_runs_the_chain(setup, zoo_model_dir):
     cfg, pool, ids, world = setup
     lm = PolicyLM.from_pretrained(zoo_model_dir)
     router = PolicyRouter(lm, lm, ids, temperature=1.0, seed=3)
-    examples = world.facts.load("test")[:8] + world.scan.load("test")[:0]
-    trajs = reason_batch(examples, router, pool, world.facts, cfg.reason, ids)
+    examples = world.tasks["facts"].load("test")[:8] + world.tasks["scan"].load("test")[:0]
+    trajs = reason_batch(examples, router, pool, world.tasks["facts"], cfg.reason, ids)
     assert len(trajs) == 8
     for t in trajs:
         assert t.decomposition.sample is not None and isinstance(t.format_ok, bool)
@@ -129,5 +129,5 @@ def test_route_cli_shows_every_decision(zoo_config, ray_local, capsys):
     out = capsys.readouterr().out
     assert "UNTRAINED router" in out and "final answer:" in out and "total cost:" in out
     assert [s.text for s in t.steps] == ["walk left", "jump twice"]  # gold decomposition until trained
-    with pytest.raises(SystemExit, match="not a query of"):
-        main(["--config", "configs/test.yaml", "--set", f"run_dir={zoo_config.run_dir}", "hello world"])
+    with pytest.raises(SystemExit, match="unknown task"):
+        main(["--config", "configs/test.yaml", "--set", f"run_dir={zoo_config.run_dir}", "--task", "nope", "walk"])

@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from actors.backends import SamplingParams, make_backend
-from pipelines.config import Config, PoolModelConfig, ServeConfig
+from actors.backends import make_backend
+from core.config import Config, PoolModelConfig, ServeConfig
+from core.types import SamplingParams
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

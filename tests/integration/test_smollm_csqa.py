@@ -62,9 +62,9 @@ def test_smollm_routes_csqa_through_the_chain(smollm_dir, csqa, zoo_config, ray_
     from actors.cost import CostModel
     from actors.pool import pool_models, start_pool
     from benchmarks.tasks.natural import STEP_MARK
-    from pipelines.config import load_config
-    from pipelines.reason import Trajectory, reason_batch
-    from pipelines.route import load_router
+    from core.config import load_config
+    from policies.load import load_router
+    from policies.reason import Trajectory, reason_batch
 
     task, examples = csqa
     cfg = load_config(ROOT / "configs" / "smollm-csqa.yaml", [
@@ -153,7 +153,7 @@ def test_smollm_routes_csqa_through_the_chain(smollm_dir, csqa, zoo_config, ray_
 
 
 def _usage(call):
-    from actors.backends import Usage
+    from core.types import Usage
 
     return Usage(call.prompt_tokens, call.completion_tokens)
 

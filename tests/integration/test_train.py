@@ -14,7 +14,7 @@ SMALL = ["labels.max_per_task=24", "labels.fraction=0.02", "labels.decomposition
 
 @pytest.fixture(scope="module")
 def sft_config(zoo_config, ray_local):
-    from pipelines.config import load_config
+    from core.config import load_config
     from pipelines.sft import main as sft_main
 
     root = zoo_config.zoo_dir.parent
@@ -26,6 +26,16 @@ def sft_config(zoo_config, ray_local):
     out = sft_main(args)
     assert (out / "decomposer" / "config.json").exists() and (out / "allocator" / "config.json").exists()
     return load_config("configs/test.yaml", [f"run_dir={root}", *SMALL])
+
+
+def test_a_trained_router_folder_routes_on_its_own(sft_config):
+    from pipelines.controller import Router
+    from pipelines.runs import router_dir
+
+    with Router.from_run(router_dir(sft_config, "sft")) as router:  # the config stored beside it
+        assert router.cfg == sft_config and router.description.startswith("trained router")
+        t = router.route("walk twice and look")
+    assert t.task == "scan" and t.decomposer.startswith("trained:") and t.steps
 
 
 def test_labels_cover_both_policies(sft_config):

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from actors.backends import Completion, SamplingParams, make_backend
-from policies.tiny_lm import format_prompt
+from actors.backends import make_backend
+from core.prompts import format_prompt
+from core.types import Completion, SamplingParams
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = ROOT / "tests" / "vllm_probe.py"
@@ -134,11 +135,11 @@ def _calls(prompts: list[str]) -> list[dict]:
 def zoo_case(zoo_model_dir, zoo_config, tmp_path_factory):
     if not VLLM_PYTHON:
         pytest.skip(NO_VLLM_PYTHON)
-    from pipelines.zoo import build_world
+    from benchmarks.tasks import build_world
 
     world = build_world(zoo_config)
-    prompts = [format_prompt(e.query) for e in world.facts.load("test")[:6]]
-    prompts += [format_prompt(e.query) for e in world.scan.clause_examples()[:6]]
+    prompts = [format_prompt(e.query) for e in world.tasks["facts"].load("test")[:6]]
+    prompts += [format_prompt(e.query) for e in world.tasks["scan"].clause_examples()[:6]]
     return Path(zoo_model_dir), prompts, run_probe(Path(zoo_model_dir), _calls(prompts),
                                                     tmp_path_factory.mktemp("vllm-zoo"))
 

@@ -2,7 +2,8 @@
 `PolicyLM` on CUDA (greedy answers equal to the CPU's, seeded sampling reproducible, the sampler's
 logprobs equal the scorer's on the same tokens, a GRPO step's gradient finite).
 
-    python benchmarks/perf/gpu_check.py        # prints one JSON line; exits non-zero on a failure
+    python tests/gpu/gpu_check.py        # prints one JSON line; exits non-zero on a failure
+    pytest -m gpu tests/gpu              # the same check as a test (skipped without a GPU)
 
 Needs only torch, transformers and tokenizers (no Ray, no pydantic), so it runs in a bare CUDA image.
 """
@@ -14,15 +15,16 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # runnable as a script from any folder
 
 import torch  # noqa: E402
 
-from actors.backends.base import SamplingParams  # noqa: E402
 from actors.backends.hf import HFBackend  # noqa: E402
-from pipelines.grpo import grpo_loss, pad_sequences  # noqa: E402
+from core.prompts import format_prompt  # noqa: E402
+from core.types import SamplingParams  # noqa: E402
+from policies.grpo import grpo_loss, pad_sequences  # noqa: E402
 from policies.policy_lm import PolicyLM  # noqa: E402
-from policies.tiny_lm import build_model, build_tokenizer, format_prompt, save  # noqa: E402
+from policies.tiny_lm import build_model, build_tokenizer, save  # noqa: E402
 
 
 def main() -> dict:

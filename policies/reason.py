@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from actors.backends import Completion, SamplingParams
 from benchmarks.tasks.base import Example, Task, render_step
-from pipelines.config import ReasonConfig
-from policies.router import AllocateDecision, DecomposeDecision, Router
+from core.config import ReasonConfig
+from core.types import Completion, SamplingParams
+from policies.router import AllocateDecision, BaseRouter, DecomposeDecision
 
 
 def step_confidence(logprobs: list[float], alpha: float) -> float:
@@ -59,7 +59,7 @@ class Trajectory:
     example_id: str
     task: str
     query: str
-    gold: str
+    gold: str | None
     router: str
     decomposer: str
     decomposition: DecomposeDecision
@@ -97,7 +97,7 @@ def _call(c: Completion, alpha: float) -> Call:
                 step_confidence(c.token_logprobs, alpha))
 
 
-async def areason_batch(examples: list[Example], router: Router, pool, task: Task, cfg: ReasonConfig,
+async def areason_batch(examples: list[Example], router: BaseRouter, pool, task: Task, cfg: ReasonConfig,
                         model_ids: list[str], review: bool = True) -> list[Trajectory]:
     """Run the chain on every example. `model_ids` are the pool's models, cheapest tier first."""
     decisions = router.decompose(examples, task)
@@ -141,7 +141,7 @@ async def areason_batch(examples: list[Example], router: Router, pool, task: Tas
                                   [_call(out, cfg.alpha)]))
     for ex, t in zip(examples, trajs):
         t.answer = task.final_answer(ex, [s.answer for s in t.steps])
-        t.correct = task.score(t.answer, ex)
+        t.correct = task.score(t.answer, ex) if ex.answer is not None else float("nan")
     return trajs
 
 
@@ -149,6 +149,6 @@ def reason_batch(examples, router, pool, task, cfg, model_ids, review: bool = Tr
     return asyncio.run(areason_batch(examples, router, pool, task, cfg, model_ids, review))
 
 
-def reason(example: Example, router: Router, pool, task: Task, cfg: ReasonConfig, model_ids: list[str]) -> Trajectory:
+def reason(example: Example, router: BaseRouter, pool, task: Task, cfg: ReasonConfig, model_ids: list[str]) -> Trajectory:
     """The chain on one query."""
     return reason_batch([example], router, pool, task, cfg, model_ids)[0]

@@ -6,6 +6,7 @@ load time with one line naming the field path (`ConfigError: pool.replicas: ...`
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +58,7 @@ class ScanConfig(Strict):
 
 
 class TasksConfig(Strict):
+    enabled: list[str] = Field(["facts", "scan"], min_length=1)  # registry names: zoo, labels, SFT, GRPO
     facts: FactsConfig = FactsConfig()
     scan: ScanConfig = ScanConfig()
 
@@ -319,7 +321,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
-    tree = _read_tree(path)
+    return config_from_tree(_read_tree(path), overrides)
+
+
+def config_from_tree(tree: dict, overrides: list[str] | None = None) -> Config:
+    """A validated config from a tree of fields (a config file's, or a stored `Config.model_dump()`)."""
+    tree = copy.deepcopy(tree)
     for item in overrides or []:
         key, value = parse_override(item)
         _set_path(tree, key, value)

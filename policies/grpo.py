@@ -7,7 +7,14 @@
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+from core.types import TrainItem
+
+if TYPE_CHECKING:  # annotations only: the GRPO math needs nothing but torch
+    from policies.reason import Trajectory
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
@@ -54,3 +61,26 @@ def pad_sequences(seqs: list[torch.Tensor], value: float = 0.0) -> tuple[torch.T
         out[i, : len(s)] = s
         mask[i, : len(s)] = 1
     return out, mask
+
+
+def training_items(trajs: list[Trajectory], rewards: list[float], group: int, phase: str) -> list[TrainItem]:
+    """Per trajectory (decomposer) or per allocation decision (allocator): the sampled tokens, their
+    sampler logprobs and the trajectory's group advantage. Groups without reward spread carry no
+    signal and are left out."""
+    adv = group_advantages(torch.tensor(rewards).view(-1, group)).view(-1).tolist()
+    items = []
+    for t, a in zip(trajs, adv):
+        if abs(a) < 1e-6:
+            continue
+        if phase == "decomposer":
+            s = t.decomposition.sample
+            if s is not None and s.token_ids:
+                items.append(TrainItem("decomposer", t.decomposition.prompt, token_ids=s.token_ids,
+                                       old_logprobs=s.logprobs, advantage=a, trajectory_id=t.example_id))
+        else:
+            for st in t.steps:
+                if st.allocation.prompt:
+                    items.append(TrainItem("allocator", st.allocation.prompt, tier=st.allocation.tier,
+                                           old_logprobs=[st.allocation.logprob], advantage=a,
+                                           trajectory_id=t.example_id))
+    return items

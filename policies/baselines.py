@@ -1,5 +1,5 @@
 """Baselines, a registry: each method runs a batch of test queries over any pool and returns one
-`Trajectory` per query, through the same chain (`pipelines.reason`) as R2.
+`Trajectory` per query, through the same chain (`policies.reason`) as R2.
 
     single:<model>  the whole query in one shot on one model
     all:<model>     the decomposition, every step on that model (all:<largest> is the reference)
@@ -24,9 +24,10 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.tasks.base import Example, Task
-from pipelines.config import ReasonConfig
-from pipelines.reason import Trajectory, areason_batch
-from policies.router import AllocateDecision, GoldDecomposition, Router, WholeQuery
+from core.config import ReasonConfig
+from core.registry import Registry
+from policies.reason import Trajectory, areason_batch
+from policies.router import AllocateDecision, BaseRouter, GoldDecomposition, WholeQuery
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Method(abc.ABC):
         raise NotImplementedError(f"{self.name} has no knob")
 
 
-class FixedRouter(Router):
+class FixedRouter(BaseRouter):
     """A router of rules: a decomposition source and a fixed tier per step."""
 
     def __init__(self, name: str, decomposer, tier_of):
@@ -63,10 +64,10 @@ class FixedRouter(Router):
 
 
 class RouterMethod(Method):
-    """Any `Router` run through the chain (with or without the procedural review, whose confidence
+    """Any `BaseRouter` run through the chain (with or without the procedural review, whose confidence
     threshold tau is then the method's knob)."""
 
-    def __init__(self, name: str, router: Router, review: bool = False, reason: dict | None = None):
+    def __init__(self, name: str, router: BaseRouter, review: bool = False, reason: dict | None = None):
         self.name, self.router, self.review, self.reason_overrides = name, router, review, reason or {}
         self.knob = "tau" if review else None
 
@@ -203,14 +204,13 @@ class TaskRouter(Method):
 
 
 # name -> factory(ctx, argument after ':' or None)
-BASELINES = {
-    "single": single,
-    "all": all_on,
-    "random": random_method,
-    "two-tier": lambda ctx, _=None: TwoTier(),
-    "cascade": lambda ctx, _=None: Cascade(),
-    "task-router": lambda ctx, _=None: TaskRouter(),
-}
+BASELINES: Registry = Registry("method")
+BASELINES.add("single", single)
+BASELINES.add("all", all_on)
+BASELINES.add("random", random_method)
+BASELINES.add("two-tier", lambda ctx, _=None: TwoTier())
+BASELINES.add("cascade", lambda ctx, _=None: Cascade())
+BASELINES.add("task-router", lambda ctx, _=None: TaskRouter())
 
 
 def expand(names: list[str], model_ids: list[str]) -> list[str]:
@@ -224,6 +224,14 @@ def expand(names: list[str], model_ids: list[str]) -> list[str]:
 
 def make_method(name: str, ctx: Context) -> Method:
     kind, _, arg = name.partition(":")
-    if kind not in BASELINES:
-        raise ValueError(f"unknown method {name!r}; known: {sorted(BASELINES)} (single:/all: take a model id)")
-    return BASELINES[kind](ctx, arg or None)
+    return BASELINES.lookup(kind)(ctx, arg or None)
+
+
+async def reference_cost(ctx: Context, tasks: dict[str, Task], examples: dict[str, list[Example]]) -> dict[str, float]:
+    """Mean cost per query of the reference (every gold step on the largest model), per task."""
+    ref = make_method(f"all:{ctx.model_ids[-1]}", ctx)
+    out = {}
+    for name, task in tasks.items():
+        trajs = await ref.run(examples[name], task, ctx)
+        out[name] = sum(t.cost_usd for t in trajs) / len(trajs)
+    return out

@@ -1,0 +1,50 @@
+"""Where a run's outputs live, and the one home of what stages share: the reward's `cost_ref`
+(computed once on the train split, stored with the run, reused by training and evaluation)."""
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from benchmarks.tasks import Task
+from core.config import Config
+from policies.baselines import Context, reference_cost
+
+COST_REF = "cost_ref.json"
+ROUTER_META = "router.json"
+
+
+def router_dir(cfg: Config, stage: str) -> Path:
+    return Path(cfg.run_dir) / "router" / stage
+
+
+def labels_path(cfg: Config) -> Path:
+    return Path(cfg.run_dir) / "labels" / "labels.jsonl"
+
+
+def init_dir(cfg: Config) -> Path:
+    """The zoo checkpoint both router policies start from (`train.init`, default: the largest)."""
+    return cfg.zoo_dir / (cfg.train.init or cfg.zoo.models[-1].name)
+
+
+def cost_ref(cfg: Config, pool, model_ids: list[str], tasks: dict[str, Task]) -> dict[str, float]:
+    """Per task: the reference's mean cost per query on the first `train.cost_ref_queries` train queries.
+    Stored in `<run_dir>/cost_ref.json` with what it was computed from, and recomputed when that changed."""
+    path = Path(cfg.run_dir) / COST_REF
+    basis = {"model_ids": model_ids, "queries": cfg.train.cost_ref_queries, "split": "train"}
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    if stored.get("basis") == basis and set(tasks) <= set(stored.get("per_task", {})):
+        return {name: stored["per_task"][name] for name in tasks}
+    ctx = Context(pool, model_ids, cfg.reason, cfg.seed)
+    examples = {name: task.load("train")[: cfg.train.cost_ref_queries] for name, task in tasks.items()}
+    per_task = {**stored.get("per_task", {}), **asyncio.run(reference_cost(ctx, tasks, examples))} \
+        if stored.get("basis") == basis else asyncio.run(reference_cost(ctx, tasks, examples))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"basis": basis, "per_task": per_task}, indent=2))
+    return {name: per_task[name] for name in tasks}
+
+
+def save_router_meta(cfg: Config, out: Path, model_ids: list[str], stage: str) -> None:
+    """What a router folder needs to be loaded on its own (`pipelines.controller.Router.from_run`)."""
+    (out / ROUTER_META).write_text(json.dumps(
+        {"stage": stage, "model_ids": model_ids, "config": cfg.model_dump(mode="json")}, indent=2))
