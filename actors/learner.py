@@ -13,7 +13,7 @@ from pathlib import Path
 import ray
 import torch
 
-from actors.weight_sync import WeightGroupMember
+from actors.weight_sync import WeightGroupMember, state_checksum
 from core.config import Config
 from core.types import TrainItem
 from policies.grpo import grpo_loss, pad_sequences
@@ -74,8 +74,8 @@ class LearnerImpl(WeightGroupMember):
             self.engines[name] = engine
             self.policies[name] = PolicyLM(engine.module, lm.tokenizer)
         self.actions = ActionSpace(self.cfg.router.templates, model_ids)
-        self.step = 0
-        self.state: dict = {}  # the driver's resumable state (phase, cost_ref, W&B run id, ...)
+        self.versions = dict.fromkeys(POLICIES, 0)  # updates per policy: the version samplers must hold
+        self.state: dict = {}  # the driver's resumable state (its step, cost_ref, W&B run id, ...)
 
     # -- the policies' action distributions, as the sampler defines them (`ActionSpace`) ----------------
     def _lm(self, name: str, model) -> PolicyLM:
@@ -130,20 +130,28 @@ class LearnerImpl(WeightGroupMember):
         stats["sampler_gap"] = float(((logp.detach() - old).abs() * mask).sum() / mask.sum())
         engine.backward(loss)
         engine.step()
-        self.step += 1
-        stats["step"] = self.step
+        self.versions[name] += 1
+        stats["version"] = self.versions[name]
         return stats
+
+    def logprobs(self, name: str, items: list[TrainItem]) -> list[list[float]]:
+        """The current weights' logprobs of the items' actions, as `grpo_step` scores them."""
+        with torch.no_grad():
+            return [lp.tolist() for lp in self._logprobs(name, self.engines[name].module, items)]
 
     # -- weights and checkpoints -----------------------------------------------------------------------
     def weights(self, name: str) -> dict:
         return {k: v.detach().cpu().clone() for k, v in self.engines[name].module.state_dict().items()}
 
+    def publish(self, name: str) -> tuple[dict, dict]:
+        """(state dict, {version, checksum}); called with num_returns=2, so the state dict stays in the
+        object store for the workers while the driver reads only the small second part."""
+        state = self.weights(name)
+        return state, {"version": self.versions[name], "checksum": state_checksum(state)}
+
     def send_weights(self, name: str) -> None:
         """Broadcast `name`'s weights to the rollout workers' weight group (CollectiveSync)."""
         self._broadcast_state(self.engines[name].module.state_dict(), source=True)
-
-    def weights_digest(self, name: str) -> float:
-        return float(sum(p.detach().double().abs().sum() for p in self.engines[name].module.parameters()))
 
     def save_pretrained(self, out_dir: str) -> None:
         for name in POLICIES:
@@ -153,10 +161,11 @@ class LearnerImpl(WeightGroupMember):
         self.state = state
 
     def save_checkpoint(self, ckpt_dir: str) -> str:
-        tag = f"step{self.step}"
+        """DeepSpeed's checkpoint of each engine, RNG states, versions and the driver's state in `ckpt_dir`."""
+        tag = "ckpt"
         for name, engine in self.engines.items():
             engine.save_checkpoint(str(Path(ckpt_dir) / name), tag=tag)
-        meta = {"step": self.step, "tag": tag, "state": self.state}
+        meta = {"versions": self.versions, "tag": tag, "state": self.state}
         torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, Path(ckpt_dir) / "rng.pt")
         (Path(ckpt_dir) / "learner.json").write_text(json.dumps(meta, indent=2))
         return tag
@@ -168,7 +177,7 @@ class LearnerImpl(WeightGroupMember):
         rng = torch.load(Path(ckpt_dir) / "rng.pt", weights_only=False)
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
-        self.step, self.state = meta["step"], meta["state"]
+        self.versions, self.state = meta["versions"], meta["state"]
         return meta
 
     def optimizer_state_digest(self) -> dict[str, float]:

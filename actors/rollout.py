@@ -1,14 +1,20 @@
 """`RolloutWorker`: a Ray actor holding sampler copies of both router policies; it runs the chain
 (`policies.reason`) G times per query against the shared `ModelPool` and returns the trajectories,
-with the sampled tokens' logprobs, for GRPO."""
+with the sampled tokens' logprobs, for GRPO.
+
+Every rollout call carries the learner's published weights (`WeightRef`: version, object-store
+reference, checksum) of both policies; a worker whose versions differ loads them before it samples.
+So a worker that Ray restarted (and re-ran the call on) never samples with its start-up weights."""
 from __future__ import annotations
 
 import asyncio
+import uuid
+from dataclasses import dataclass, field
 
 import ray
 import torch
 
-from actors.weight_sync import WeightGroupMember
+from actors.weight_sync import WeightGroupMember, WeightRef, state_checksum
 from benchmarks.tasks import build_world
 from core.config import Config
 from policies.policy_lm import PolicyLM
@@ -16,34 +22,62 @@ from policies.reason import Trajectory, areason_batch
 from policies.router import PolicyRouter
 
 
+@dataclass
+class RolloutResult:
+    trajectories: list[Trajectory]
+    weights: dict[str, tuple[int, str]]  # policy -> (version, checksum) the trajectories were sampled with
+    instance: str  # changes when Ray restarts the worker
+    reloaded: list[str] = field(default_factory=list)  # policies loaded because their version was stale
+
+
 class RolloutWorkerImpl(WeightGroupMember):
     def __init__(self, cfg_json: str, init_dirs: dict[str, str], pool, model_ids: list[str], seed: int):
         torch.set_num_threads(1)
         self.cfg = Config.model_validate_json(cfg_json)
-        world = build_world(self.cfg)
-        self.tasks = world.tasks
+        self.tasks = build_world(self.cfg).tasks
         self.pool, self.model_ids, self.seed = pool, model_ids, seed
         self.policies = {name: PolicyLM.from_pretrained(path) for name, path in init_dirs.items()}
-        self.version = {name: 0 for name in self.policies}
+        self.version = dict.fromkeys(self.policies, 0)
+        self.checksum = {name: self._checksum(name) for name in self.policies}
+        self.instance = uuid.uuid4().hex[:12]
 
-    def set_weights(self, name: str, state: dict, version: int) -> int:
+    def _checksum(self, name: str) -> str:
+        return state_checksum(self.policies[name].model.state_dict())
+
+    def _loaded(self, name: str, version: int) -> tuple[int, str]:
+        self.version[name], self.checksum[name] = version, self._checksum(name)
+        return version, self.checksum[name]
+
+    def set_weights(self, name: str, state: dict, version: int) -> tuple[int, str]:
+        """Load `name`'s published state dict; returns (version, checksum of what was loaded)."""
         self.policies[name].model.load_state_dict(state)
-        self.version[name] = version
-        return version
+        return self._loaded(name, version)
 
-    def receive_weights(self, name: str, version: int) -> int:
+    def receive_weights(self, name: str, version: int) -> tuple[int, str]:
         """Receive `name`'s weights from the learner's broadcast (CollectiveSync)."""
         self._broadcast_state(self.policies[name].model.state_dict(), source=False)
-        self.version[name] = version
-        return version
+        return self._loaded(name, version)
 
-    def weights_digest(self, name: str) -> float:
-        return float(sum(p.detach().double().abs().sum() for p in self.policies[name].model.parameters()))
+    def weights_report(self) -> dict[str, tuple[int, str]]:
+        """Per policy: (version, checksum) of the weights this worker samples with."""
+        return {name: (self.version[name], self.checksum[name]) for name in self.policies}
 
-    def rollout(self, task_name: str, examples: list, group_size: int, phase: str, step: int) -> list[Trajectory]:
+    def ensure_weights(self, published: dict[str, WeightRef]) -> list[str]:
+        """Load every published policy whose version this worker does not hold; returns their names."""
+        stale = [name for name, ref in published.items() if self.version[name] != ref.version]
+        for name in stale:
+            version, checksum = self.set_weights(name, ray.get(published[name].state), published[name].version)
+            if checksum != published[name].checksum:
+                raise RuntimeError(f"rollout worker {self.instance}: {name} v{version} loaded with checksum "
+                                   f"{checksum[:12]}, the learner published {published[name].checksum[:12]}")
+        return stale
+
+    def rollout(self, task_name: str, examples: list, group_size: int, phase: str, step: int,
+                published: dict[str, WeightRef]) -> RolloutResult:
         """G samples per example (consecutive in the result). The trained policy of `phase` samples at
         the training temperature; the frozen one decodes greedily, as it will when deployed, so a
         group's reward spread comes from the trained policy's choices alone."""
+        reloaded = self.ensure_weights(published)
         t = self.cfg.train.temperature
         router = PolicyRouter(
             self.policies["decomposer"], self.policies["allocator"], self.model_ids,
@@ -51,8 +85,9 @@ class RolloutWorkerImpl(WeightGroupMember):
             max_steps=self.cfg.reason.max_steps, max_tokens=self.cfg.reason.decompose_max_tokens,
             seed=self.seed * 100_003 + step, label="policy", decompose_temperature=t if phase == "decomposer" else 0.0)
         reps = [ex for ex in examples for _ in range(group_size)]
-        return asyncio.run(areason_batch(reps, router, self.pool, self.tasks[task_name], self.cfg.reason,
-                                         self.model_ids))
+        trajs = asyncio.run(areason_batch(reps, router, self.pool, self.tasks[task_name], self.cfg.reason,
+                                          self.model_ids))
+        return RolloutResult(trajs, self.weights_report(), self.instance, reloaded)
 
 
 RolloutWorker = ray.remote(num_cpus=0.25, max_restarts=2, max_task_retries=2)(RolloutWorkerImpl)

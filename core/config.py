@@ -213,7 +213,9 @@ class TrainConfig(Strict):
     rollout_workers: int = Field(2, ge=1)
     weight_sync: Literal["object_store", "collective"] = "object_store"  # collective: NCCL/gloo broadcast
     sync_backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl with a GPU, else gloo
+    sync_timeout_s: float = Field(300.0, gt=0)  # a weight sync that takes longer is an error naming the worker
     checkpoint_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)  # complete checkpoints kept (older ones are removed)
     cost_ref_queries: int = Field(100, ge=1)
     seed: int = 0  # GRPO's sampling seed (the world keeps `seed`); seed k > 0 writes `*-seed{k}` outputs
     demo_seeds: list[int] = [0, 1]  # GRPO runs of the main job (their spread is reported)

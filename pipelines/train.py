@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 import uuid
 from contextlib import ExitStack
@@ -26,8 +27,9 @@ from rich.progress import Progress
 from actors.learner import POLICIES, Learner
 from actors.rollout import RolloutWorker
 from actors.runtime import pool_session
-from actors.weight_sync import make_sync
+from actors.weight_sync import CollectiveSync, ObjectStoreSync, WeightRef, check_loaded, make_sync
 from benchmarks.tasks import build_world
+from core.checkpoints import latest_valid, prune, step_dir, write_manifest
 from core.config import Config, config_from_args, config_parser
 from core.console import console as make_console
 from pipelines.runs import cost_ref, router_dir, save_router_meta
@@ -74,7 +76,8 @@ class Trainer:
     def __init__(self, cfg: Config, console, resume: bool = False):
         self.cfg, self.console = cfg, console
         self.out = Path(cfg.run_dir) / f"train{cfg.train.suffix}"
-        self.ckpt = self.out / "checkpoint"
+        self.ckpt_root = self.out / "checkpoints"
+        self.history_path = self.out / "history.jsonl"
         sft = router_dir(cfg, "sft")
         if not (sft / "allocator").exists():
             raise SystemExit(f"no SFT router at {sft}: run `python -m pipelines.sft --config ...` first")
@@ -88,18 +91,41 @@ class Trainer:
         self.learner = Learner.remote(cfg_json, dirs, self.model_ids, lr)
         self.workers = [RolloutWorker.remote(cfg_json, dirs, self.pool, self.model_ids, 1000 * cfg.train.seed + i)
                         for i in range(cfg.train.rollout_workers)]
-        self.sync = make_sync(cfg.train.weight_sync, self.learner, self.workers, POLICIES, cfg.train.sync_backend)
+        self.sync = make_sync(cfg.train.weight_sync, self.learner, self.workers, POLICIES,
+                              cfg.train.sync_timeout_s, cfg.train.sync_backend)
+        self.instances: list[str | None] = [None] * len(self.workers)  # each worker's incarnation
         self.state: dict = {"step": 0}
+        if resume:
+            self._resume()
+        else:  # a fresh run starts afresh
+            self.history_path.unlink(missing_ok=True)
+            shutil.rmtree(self.ckpt_root, ignore_errors=True)
+        self.published = {name: self._publish(name) for name in POLICIES}
         self.stale = set(POLICIES)  # policies the workers do not hold yet (all at start, e.g. after resume)
-        if resume and (self.ckpt / "learner.json").exists():
-            meta = ray.get(self.learner.load_checkpoint.remote(str(self.ckpt)))
-            self.state = {**meta["state"], "step": meta["step"]}
-            console.print(f"resumed from {self.ckpt} at step {self.state['step']}")
-        elif not resume and self.out.exists():
-            (self.out / "history.jsonl").unlink(missing_ok=True)
         if "cost_ref" not in self.state:
             self.state["cost_ref"] = cost_ref(cfg, self.pool, self.model_ids, self.tasks)
         self.run = self._wandb()
+
+    def _resume(self) -> None:
+        """Continue from the newest complete checkpoint (partial ones are passed over, and said so); the
+        history keeps exactly the steps before it."""
+        ckpt, skipped = latest_valid(self.ckpt_root)
+        for path, why in skipped:
+            self.console.print(f"[yellow]checkpoint {path.name} is incomplete ({why}); not resuming from it")
+        if ckpt is None:
+            self.console.print(f"no complete checkpoint in {self.ckpt_root}: starting from step 0")
+            self.history_path.unlink(missing_ok=True)
+            return
+        meta = ray.get(self.learner.load_checkpoint.remote(str(ckpt)))
+        self.state = meta["state"]
+        kept = [line for line in read_lines(self.history_path) if json.loads(line)["step"] < self.state["step"]]
+        self.history_path.write_text("".join(line + "\n" for line in kept))
+        self.console.print(f"resumed from {ckpt} at step {self.state['step']}")
+
+    def _publish(self, name: str) -> WeightRef:
+        state, meta = self.learner.publish.options(num_returns=2).remote(name)
+        meta = ray.get(meta)
+        return WeightRef(meta["version"], state, meta["checksum"])
 
     def _wandb(self):
         if self.cfg.wandb.mode == "disabled":
@@ -122,16 +148,37 @@ class Trainer:
             jobs += [(name, chosen[i::n]) for i in range(n) if chosen[i::n]]
         return jobs
 
+    def _rollouts(self, jobs: list[tuple[str, list]], phase: str, step: int) -> tuple[list, int]:
+        """Every job's trajectories (a job Ray re-ran on a restarted worker included) and how many
+        workers had to load stale weights first. A restarted worker leaves the collective weight group,
+        so weights then travel through the object store for the rest of the run."""
+        g = self.cfg.train.group_size
+        workers = [i % len(self.workers) for i in range(len(jobs))]
+        refs = [self.workers[w].rollout.remote(name, exs, g, phase, step, self.published)
+                for w, (name, exs) in zip(workers, jobs)]
+        results = ray.get(refs)
+        reloads = 0
+        for w, (_, exs), res in zip(workers, jobs, results):
+            if len(res.trajectories) != len(exs) * g:
+                raise RuntimeError(f"rollout worker {w}: {len(res.trajectories)} trajectories for {len(exs)} queries")
+            check_loaded(self.published, res.weights, f"rollout worker {w}")
+            restarted = self.instances[w] not in (None, res.instance)
+            self.instances[w] = res.instance
+            reloads += bool(res.reloaded)
+            if restarted:
+                self.console.print(f"[yellow]rollout worker {w} was restarted; it loaded {res.reloaded or 'nothing'}")
+                if isinstance(self.sync, CollectiveSync):
+                    self.console.print("[yellow]weights now travel through the object store")
+                    self.sync = ObjectStoreSync(self.learner, self.workers, POLICIES, self.cfg.train.sync_timeout_s)
+        return [t for res in results for t in res.trajectories], reloads
+
     def step(self) -> dict:
         cfg, step = self.cfg, self.state["step"]
         phase = phase_of(step, cfg.train.alternate_every)
-        t_sync = self.sync.push(step, sorted(self.stale))  # learner -> rollout workers
+        t_sync = self.sync.push(self.published, sorted(self.stale))  # learner -> rollout workers
         self.stale = set()
         start = time.perf_counter()
-        jobs = self.queries(step)
-        refs = [self.workers[i % len(self.workers)].rollout.remote(name, exs, cfg.train.group_size, phase, step)
-                for i, (name, exs) in enumerate(jobs)]
-        trajs = [t for r in ray.get(refs) for t in r]
+        trajs, reloads = self._rollouts(self.queries(step), phase, step)
         t_rollout = time.perf_counter() - start
         rewards = [reward(t.correct, t.cost_usd, t.format_ok, cfg.reward.lam, cfg.reward.beta,
                           cfg.reward.cost_ref or self.state["cost_ref"][t.task]) for t in trajs]
@@ -139,6 +186,7 @@ class Trainer:
         start = time.perf_counter()
         stats = ray.get(self.learner.grpo_step.remote(phase, items)) if items else {"skipped": 1}
         if items:
+            self.published[phase] = self._publish(phase)
             self.stale.add(phase)
         t_learner = time.perf_counter() - start
         groups = torch.tensor(rewards).view(-1, cfg.train.group_size)
@@ -148,7 +196,8 @@ class Trainer:
             "cost_per_query": sum(t.cost_usd for t in trajs) / len(trajs),
             "format_ok": sum(t.format_ok for t in trajs) / len(trajs),
             "groups_with_signal": float((groups.std(-1) > 1e-6).float().mean()),
-            "items": len(items), **{k: v for k, v in stats.items() if k != "step"},
+            "items": len(items), "trajectories": len(trajs), "worker_reloads": reloads,
+            **{k: v for k, v in stats.items() if k != "version"},
             "time_sync_s": t_sync, "time_rollout_s": t_rollout, "time_learner_s": t_learner,
         }
         self.state["step"] = step + 1
@@ -161,35 +210,54 @@ class Trainer:
         if self.run:
             self.run.finish()
 
-    def checkpoint(self) -> None:
-        ray.get(self.learner.set_state.remote({k: v for k, v in self.state.items() if k != "step"}))
-        ray.get(self.learner.save_checkpoint.remote(str(self.ckpt)))
+    def checkpoint(self) -> Path:
+        """The learner's state and the driver's (its own step included) in a new step folder, valid once
+        its manifest is written; older ones beyond `train.keep_checkpoints` go."""
+        ckpt = step_dir(self.ckpt_root, self.state["step"])
+        shutil.rmtree(ckpt, ignore_errors=True)  # a partial one from a killed run
+        ckpt.mkdir(parents=True)
+        ray.get(self.learner.set_state.remote(self.state))
+        ray.get(self.learner.save_checkpoint.remote(str(ckpt)))
+        write_manifest(ckpt, {"step": self.state["step"]})
+        prune(self.ckpt_root, self.cfg.train.keep_checkpoints)
+        return ckpt
 
     def fit(self, steps: int | None = None, progress=None) -> list[dict]:
         total = self.cfg.train.grpo_steps if steps is None else steps
         self.out.mkdir(parents=True, exist_ok=True)
         bar = progress.add_task("grpo", total=total, completed=self.state["step"]) if progress else None
         new = []
-        with (self.out / "history.jsonl").open("a") as log:
+        with self.history_path.open("a") as log:
             while self.state["step"] < total:
                 m = self.step()
                 new.append(m)
-                log.write(json.dumps(m) + "\n")
-                log.flush()
-                if self.run:
-                    self.run.log({f"train/{k}": v for k, v in m.items() if isinstance(v, (int, float))}, step=m["step"])
+                record_step(log, self.run, m)
                 if progress:
                     progress.update(bar, advance=1, description=(
                         f"grpo {m['phase'][:5]} r={m['reward']:.3f} acc={m['accuracy']:.2f}"))
                 if self.state["step"] % self.cfg.train.checkpoint_every == 0 or self.state["step"] == total:
                     self.checkpoint()
-        history = [json.loads(line) for line in (self.out / "history.jsonl").read_text().splitlines()]
+        history = [json.loads(line) for line in read_lines(self.history_path)]
         if history:
             plot_curves(history, self.out / "learning_curves.png")
         out = router_dir(self.cfg, "grpo" + self.cfg.train.suffix)
         ray.get(self.learner.save_pretrained.remote(str(out)))
         save_router_meta(self.cfg, out, self.model_ids, "grpo")
         return new
+
+
+def record_step(log, run, m: dict) -> None:
+    """One step's metrics into the history file and W&B. A resumed W&B run already holds the steps up
+    to its last one (equal to a replay's: the run is deterministic), which W&B would drop; they are
+    not sent again, so each step is logged once."""
+    log.write(json.dumps(m) + "\n")
+    log.flush()
+    if run is not None and m["step"] >= run.step:
+        run.log({f"train/{k}": v for k, v in m.items() if isinstance(v, (int, float))}, step=m["step"])
+
+
+def read_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -45,3 +46,23 @@ def ray_local():
     init_ray(num_cpus=8)  # logical CPUs: room for every module's actors on a 2-core machine
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sft_config(zoo_config, ray_local):
+    """configs/test.yaml (+ `tests_support.SMALL`) with labels searched and both policies SFT-trained."""
+    import shutil
+
+    from tests_support import SMALL
+
+    from core.config import load_config
+    from pipelines.sft import run_sft_stage
+
+    root = zoo_config.zoo_dir.parent
+    for d in ("labels", "router", "train"):
+        shutil.rmtree(root / d, ignore_errors=True)
+    (root / "cost_ref.json").unlink(missing_ok=True)
+    cfg = load_config(ROOT / "configs" / "test.yaml", [f"run_dir={root}", *SMALL])
+    out = run_sft_stage(cfg, Console(quiet=True))
+    assert (out / "decomposer" / "config.json").exists() and (out / "allocator" / "config.json").exists()
+    return cfg

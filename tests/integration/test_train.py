@@ -1,32 +1,9 @@
-"""Training on Ray: label search + SFT, a 2-step GRPO run with 2 rollout workers and a real DeepSpeed
-engine per policy on CPU, and checkpoint -> resume."""
-import shutil
-
+"""Training on Ray: label search + SFT, GRPO steps with 2 rollout workers and a real DeepSpeed engine per
+policy on CPU; checkpoint -> resume (also across SIGKILLs of the driver), weight sync, worker restarts."""
 import pytest
+from tests_support import SMALL
 
 pytestmark = pytest.mark.integration
-
-SMALL = ["labels.max_per_task=24", "labels.fraction=0.02", "labels.decomposition_fraction=0.04",
-         "train.sft_epochs=1", "train.sft_epochs_decomposer=2", "train.sft_batch=16",
-         "train.queries_per_step=8", "train.group_size=2", "train.rollout_workers=2",
-         "train.alternate_every=1", "train.cost_ref_queries=8", "train.zero_stage=2", "wandb.mode=disabled"]
-
-
-@pytest.fixture(scope="module")
-def sft_config(zoo_config, ray_local):
-    from core.config import load_config
-    from pipelines.sft import main as sft_main
-
-    root = zoo_config.zoo_dir.parent
-    for d in ("labels", "router", "train"):
-        shutil.rmtree(root / d, ignore_errors=True)
-    args = ["--config", "configs/test.yaml", "--set", f"run_dir={root}"]
-    for s in SMALL:
-        args += ["--set", s]
-    out = sft_main(args)
-    assert (out / "decomposer" / "config.json").exists() and (out / "allocator" / "config.json").exists()
-    return load_config("configs/test.yaml", [f"run_dir={root}", *SMALL])
-
 
 def test_a_trained_router_folder_routes_on_its_own(sft_config):
     from pipelines.controller import Router
@@ -47,13 +24,17 @@ def test_labels_cover_both_policies(sft_config):
     assert alloc and all(len(r["tiers"]) == len(r["steps"]) == len(r["rendered"]) for r in alloc)
 
 
+def with_train(cfg, **update):
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update=update)})
+
+
 def test_two_grpo_steps_then_resume_reproduces(sft_config):
     import ray
     from rich.console import Console
 
     from pipelines.train import Trainer
 
-    cfg = sft_config.model_copy(update={"train": sft_config.train.model_copy(update={"checkpoint_every": 2})})
+    cfg = with_train(sft_config, checkpoint_every=2)
     first = Trainer(cfg, Console(quiet=True))
     history = first.fit(steps=2)  # 2 steps: one per policy (alternate_every=1), checkpoint after step 2
     assert [h["phase"] for h in history] == ["decomposer", "allocator"]
@@ -76,23 +57,182 @@ def test_two_grpo_steps_then_resume_reproduces(sft_config):
             assert again[k] == pytest.approx(third[k], rel=1e-4, abs=1e-6), k
 
 
+def assert_workers_hold_the_published_weights(trainer):
+    import ray
+
+    want = {name: (ref.version, ref.checksum) for name, ref in trainer.published.items()}
+    for report in ray.get([w.weights_report.remote() for w in trainer.workers]):
+        assert report == want
+
+
 def test_collective_weight_sync_matches_the_learner(sft_config):
     """The broadcast path (NCCL on GPU; gloo here) delivers the learner's weights to every worker."""
+    from rich.console import Console
+
+    from pipelines.train import Trainer
+
+    trainer = Trainer(with_train(sft_config, weight_sync="collective", sync_backend="gloo"), Console(quiet=True))
+    try:
+        m = trainer.step()  # pushes the weights, rolls out, updates the decomposer
+        assert m["sampler_gap"] < 1e-4 if "sampler_gap" in m else m["items"] == 0
+        trainer.sync.push(trainer.published, ["decomposer", "allocator"])  # the updated decomposer goes out
+        assert_workers_hold_the_published_weights(trainer)
+    finally:
+        trainer.close()
+
+
+def test_a_restarted_rollout_worker_loads_the_learners_weights_before_sampling(sft_config):
+    """Kill a worker mid-step (Ray restarts it and re-runs its rollout): the step still returns every
+    trajectory, and the replacement holds both policies' published versions, not its SFT start-up."""
+    import threading
+    import time
+
     import ray
     from rich.console import Console
 
     from pipelines.train import Trainer
 
-    cfg = sft_config.model_copy(update={"train": sft_config.train.model_copy(
-        update={"weight_sync": "collective", "sync_backend": "gloo"})})
-    trainer = Trainer(cfg, Console(quiet=True))
+    trainer = Trainer(with_train(sft_config, rollout_workers=2, queries_per_step=16), Console(quiet=True))
     try:
-        m = trainer.step()  # pushes the weights, rolls out, updates the decomposer
-        assert m["sampler_gap"] < 1e-4 if "sampler_gap" in m else m["items"] == 0
-        trainer.sync.push(1)  # the updated decomposer goes out again
-        for name in ("decomposer", "allocator"):
-            want = ray.get(trainer.learner.weights_digest.remote(name))
-            got = ray.get([w.weights_digest.remote(name) for w in trainer.workers])
-            assert got == pytest.approx([want] * len(got), rel=1e-9)
+        while min(ref.version for ref in trainer.published.values()) == 0:  # both policies updated
+            trainer.step()
+        expected = sum(len(exs) for _, exs in trainer.queries(trainer.state["step"])) * sft_config.train.group_size
+        trainer.sync.push(trainer.published, sorted(trainer.stale))
+        trainer.stale = set()
+        published = {name: (ref.version, ref.checksum) for name, ref in trainer.published.items()}
+        assert min(v for v, _ in published.values()) >= 1
+        calls = ray.get(trainer.pool.ledger_snapshot.remote())["calls"]
+        result = {}
+        runner = threading.Thread(target=lambda: result.update(m=trainer.step()))
+        runner.start()
+        while ray.get(trainer.pool.ledger_snapshot.remote())["calls"] == calls:  # until rollouts call the pool
+            time.sleep(0.01)
+        ray.kill(trainer.workers[0], no_restart=False)
+        runner.join(timeout=300)
+        m = result["m"]
+        assert m["trajectories"] == expected
+        assert m["worker_reloads"] >= 1  # the replacement started from SFT weights and had to load
+        for report in ray.get([w.weights_report.remote() for w in trainer.workers]):
+            assert report == published  # the replacement too: the learner's versions and checksums
     finally:
         trainer.close()
+
+
+def test_sampler_and_learner_agree_at_a_training_temperature_other_than_1(sft_config):
+    """Both policies' sampled actions, scored by the learner at `train.temperature`, match the
+    sampler's logprobs (the allocator was scored at temperature 1 before)."""
+    import ray
+    from rich.console import Console
+
+    from pipelines.train import Trainer
+    from policies.grpo import training_items
+
+    trainer = Trainer(with_train(sft_config, temperature=0.7), Console(quiet=True))
+    try:
+        examples = trainer.train_sets["facts"][:4] + trainer.train_sets["scan"][:4]
+        for phase in ("decomposer", "allocator"):
+            trajs = []
+            for task in ("facts", "scan"):
+                exs = [e for e in examples if e.task == task]
+                res = ray.get(trainer.workers[0].rollout.remote(task, exs, 2, phase, 0, trainer.published))
+                trajs += res.trajectories
+            rewards = [float(i % 2) for i in range(len(trajs))]  # every group has spread
+            items = training_items(trajs, rewards, 2, phase)
+            assert len(items) >= len(trajs) // 2
+            learner = ray.get(trainer.learner.logprobs.remote(phase, items))
+            gap = max(abs(a - b) for it, lps in zip(items, learner) for a, b in zip(it.old_logprobs, lps))
+            assert gap < 1e-5, (phase, gap)
+            assert any(abs(lp) > 1e-3 for it in items for lp in it.old_logprobs)  # not all certain
+    finally:
+        trainer.close()
+
+
+def test_resume_passes_over_a_partial_checkpoint(sft_config, capsys):
+    from rich.console import Console
+
+    from core.checkpoints import step_dir
+    from pipelines.train import Trainer
+
+    cfg = with_train(sft_config, checkpoint_every=1, seed=3)
+    first = Trainer(cfg, Console())
+    first.fit(steps=2)
+    first.close()
+    newest = step_dir(first.ckpt_root, 2)
+    victim = max((p for p in newest.rglob("*") if p.is_file() and p.name != "manifest.json"),
+                 key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    resumed = Trainer(cfg, Console(), resume=True)
+    resumed.close()
+    out = capsys.readouterr().out
+    assert resumed.state["step"] == 1
+    assert "step-00000002 is incomplete" in out and "resumed from" in out and "step-00000001" in out
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run_step_for_step(sft_config, ray_local, tmp_path):
+    """The driver is SIGKILLed twice: right after a step that did not update the learner (no group had
+    reward spread), and right after a phase boundary (step 4, which the checkpoint at step 4 precedes:
+    one taken after the skipped step); each `--resume` continues from the newest complete checkpoint.
+    History then holds every step once, equal to an uninterrupted run's."""
+    import json
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from pipelines.train import Trainer
+
+    settings = {**dict(s.split("=", 1) for s in SMALL), "train.seed": "7", "train.temperature": "0.3",
+                "train.queries_per_step": "4", "train.alternate_every": "2", "train.checkpoint_every": "2",
+                "train.grpo_steps": "8"}
+    cfg = with_train(sft_config, seed=7, temperature=0.3, queries_per_step=4, alternate_every=2,
+                     checkpoint_every=2, grpo_steps=8)
+    reference = Trainer(cfg, Console(quiet=True))
+    expected = reference.fit()
+    reference.close()
+    skipped = [h["step"] for h in expected if h["items"] == 0]
+    early = [s for s in skipped if s < 4]  # so the checkpoint at step 4, resumed from below, follows a skip
+    assert early, f"no skipped step before step 4 (skipped: {skipped}); change the seed"
+    kill_after = [early[0], 4]  # right after the skipped step; right after the phase boundary at step 4
+    history = Path(cfg.run_dir) / "train-seed7" / "history.jsonl"
+    args = [sys.executable, "-m", "pipelines.train", "--config", "configs/test.yaml",
+            "--set", f"run_dir={cfg.run_dir}", *(x for k, v in settings.items() for x in ("--set", f"{k}={v}"))]
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+
+    def steps_logged() -> list[int]:
+        return [json.loads(x)["step"] for x in history.read_text().splitlines()] if history.exists() else []
+
+    resumed_at = []
+    for i, step in enumerate([*kill_after, None]):
+        logged = steps_logged()
+        out = tmp_path / f"driver{i}.log"
+        with out.open("w") as sink:
+            proc = subprocess.Popen(args + (["--resume"] if i else []), env=env, stdout=sink, stderr=subprocess.STDOUT)
+            if step is None:
+                assert proc.wait(timeout=600) == 0, out.read_text()[-3000:]
+            else:
+                deadline = time.time() + 600
+                while steps_logged() == logged or step not in steps_logged():  # this driver's row of `step`
+                    assert proc.poll() is None and time.time() < deadline, out.read_text()[-3000:]
+                    time.sleep(0.05)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+        if i:
+            found = re.search(r"resumed from \S+ at step (\d+)", out.read_text())
+            assert found, out.read_text()[-3000:]
+            resumed_at.append(int(found.group(1)))
+    assert resumed_at[-1] <= 4  # the second resume replays the boundary step
+    rows = [json.loads(x) for x in history.read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(8))  # each step exactly once
+    for want, got in zip(expected, rows):
+        assert got["phase"] == want["phase"]
+        for k in ("reward", "accuracy", "cost_per_query", "items", "trajectories"):
+            assert got[k] == pytest.approx(want[k], rel=1e-6), (want["step"], k)
+        for k in ("loss", "kl"):
+            assert (k in got) == (k in want)
+            if k in want:
+                assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), (want["step"], k)
