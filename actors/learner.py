@@ -1,6 +1,11 @@
-"""`Learner`: a Ray actor owning one DeepSpeed engine per router policy (decomposer, allocator), a
-frozen reference copy of each for the KL term, SFT and GRPO steps, weights for the samplers, and
-checkpoints (weights, optimizer, RNG, step, phase and the driver's state)."""
+"""The learner: `LearnerGroup` of `train.learner.ranks` DeepSpeed data-parallel ranks, one Ray actor
+(`Learner`) each, in one torch.distributed group (gloo on CPU, NCCL on GPU; the address is rank 0's),
+placed together by a placement group. Each rank owns one DeepSpeed engine per router policy
+(decomposer, allocator) and a frozen reference copy of each for the KL term; the group splits each
+batch into shards, and every rank normalises its loss by the global token (or example) count over the
+number of ranks, so that DeepSpeed's averaged gradient is the global batch's mean whatever each shard
+holds. Rank 0 publishes weights; checkpoints are DeepSpeed's, one shard per rank (ZeRO partitions the
+optimizer state by rank, so a checkpoint resumes with the rank count that wrote it)."""
 from __future__ import annotations
 
 import copy
@@ -12,7 +17,9 @@ from pathlib import Path
 
 import ray
 import torch
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors.placement import actor_device, placed_group, remove_placement_group, where
 from actors.weight_sync import WeightGroupMember, state_checksum
 from core.config import Config
 from core.types import TrainItem
@@ -23,14 +30,17 @@ from policies.router import ActionSpace
 POLICIES = ("decomposer", "allocator")
 
 
-def init_distributed_env() -> None:
-    """DeepSpeed needs a (single-process) process group; on CPU it uses gloo, no MPI."""
-    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
-        os.environ.setdefault(k, v)
-    if "MASTER_PORT" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed_env(rank: int = 0, world: int = 1, addr: str = "127.0.0.1", port: int | None = None) -> None:
+    """The env DeepSpeed's process group is built from (no MPI): this rank, the world, rank 0's address.
+    Each rank sees its own GPU as device 0 (Ray sets CUDA_VISIBLE_DEVICES), so LOCAL_RANK is 0."""
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": "0", "MASTER_ADDR": addr,
+                       "MASTER_PORT": str(port or free_port())})
 
 
 def ds_config(cfg: Config, lr: float, total_steps: int | None = None) -> dict:
@@ -45,35 +55,52 @@ def ds_config(cfg: Config, lr: float, total_steps: int | None = None) -> dict:
         "optimizer": {"type": "AdamW", "params": {"lr": lr, "weight_decay": cfg.train.weight_decay,
                                                    "torch_adam": True}},
         "zero_optimization": {"stage": cfg.train.zero_stage},
+        "bf16": {"enabled": torch.cuda.is_available()},  # bf16 on GPU, fp32 on CPU
         "steps_per_print": 10**9,
         **schedule,
     }
 
 
 class LearnerImpl(WeightGroupMember):
+    """One rank of the learner group."""
+
     def __init__(self, cfg_json: str, init_dirs: dict[str, str], model_ids: list[str], lr: float | dict[str, float],
-                 total_steps: dict[str, int] | None = None):
+                 total_steps: dict[str, int] | None = None, rank: int = 0, world: int = 1):
         """`lr`: one for both policies or one per policy. `total_steps` per policy: a warmup-cosine
-        schedule over that many steps (SFT); else a constant lr."""
+        schedule over that many steps (SFT); else a constant lr. A single rank sets up at once; ranks
+        of a group set up together (`setup`) once rank 0's address is known."""
+        self.cfg = Config.model_validate_json(cfg_json)
+        self.init_dirs, self.model_ids, self.total_steps = init_dirs, model_ids, total_steps or {}
+        self.lrs = lr if isinstance(lr, dict) else dict.fromkeys(POLICIES, lr)
+        self.rank, self.world = rank, world
+        self.device = actor_device()
+        if world == 1:
+            self.setup("127.0.0.1", free_port())
+
+    def address(self) -> tuple[str, int]:
+        """Where rank 0 listens for the group's rendezvous."""
+        return ray.util.get_node_ip_address(), free_port()
+
+    def placement(self) -> dict:
+        return {"rank": self.rank, **where()}
+
+    def setup(self, addr: str, port: int) -> None:
         import deepspeed  # lazy: heavy; only the learner process needs it
 
-        self.cfg = Config.model_validate_json(cfg_json)
-        init_distributed_env()
-        if not torch.cuda.is_available():  # skip the JIT build of a shared-memory comm op (CPU)
+        init_distributed_env(self.rank, self.world, addr, port)
+        if self.device == "cpu":  # skip the JIT build of a shared-memory comm op (CPU)
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         torch.manual_seed(self.cfg.seed)
-        self.model_ids = model_ids
         self.engines, self.refs, self.policies = {}, {}, {}
-        lrs = lr if isinstance(lr, dict) else dict.fromkeys(POLICIES, lr)
         for name in POLICIES:
-            lm = PolicyLM.from_pretrained(init_dirs[name])
+            lm = PolicyLM.from_pretrained(self.init_dirs[name], device=self.device)
             self.refs[name] = copy.deepcopy(lm.model).eval().requires_grad_(False)
-            config = ds_config(self.cfg, lrs[name], (total_steps or {}).get(name))
+            config = ds_config(self.cfg, self.lrs[name], self.total_steps.get(name))
             engine, *_ = deepspeed.initialize(model=lm.model, config=config,
                                               model_parameters=[p for p in lm.model.parameters() if p.requires_grad])
             self.engines[name] = engine
             self.policies[name] = PolicyLM(engine.module, lm.tokenizer)
-        self.actions = ActionSpace(self.cfg.router.templates, model_ids)
+        self.actions = ActionSpace(self.cfg.router.templates, self.model_ids)
         self.versions = dict.fromkeys(POLICIES, 0)  # updates per policy: the version samplers must hold
         self.state: dict = {}  # the driver's resumable state (its step, cost_ref, W&B run id, ...)
 
@@ -93,30 +120,45 @@ class LearnerImpl(WeightGroupMember):
         logp = self._tier_logprobs(model, prompts, t)
         return [logp[i, it.tier].view(1) for i, it in enumerate(items)]
 
-    # -- training steps --------------------------------------------------------------------------------
-    def sft_step(self, name: str, prompts: list[str], targets: list[list[int]]) -> dict:
-        """Cross-entropy on the target tokens (label smoothing for the allocator's tier choice)."""
-        engine = self.engines[name]
-        engine.train()
-        if name == "allocator":
-            logp = self._tier_logprobs(engine.module, prompts, 1.0)
-            tiers = torch.tensor([t[0] for t in targets])
-            loss = torch.nn.functional.nll_loss(logp, tiers) * (1 - self.cfg.train.label_smoothing) \
-                - logp.mean(-1).mean() * self.cfg.train.label_smoothing
-            acc = float((logp.argmax(-1) == tiers).float().mean())
-        else:
-            lps = self.actions.decomposition_logprobs(self._lm(name, engine.module), prompts, targets, 1.0)
-            lp, mask = pad_sequences(lps)
-            loss = -(lp * mask).sum() / mask.sum()
-            acc = float(torch.stack([(x > -0.693).all() for x in lps]).float().mean())  # every token p > 0.5
+    # -- training steps (each rank: its shard; `denom`: the global count over the number of ranks) ------
+    def _backward_step(self, engine, loss: torch.Tensor | None) -> None:
+        """Every rank backs and steps, an empty shard too (a zero loss keeps the collectives in step)."""
+        if loss is None:
+            loss = sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0
         engine.backward(loss)
         engine.step()
-        return {"loss": float(loss.detach()), "acc": acc}
 
-    def grpo_step(self, name: str, items: list[TrainItem]) -> dict:
-        """One GRPO update of `name` on the sampled items of its phase."""
+    def sft_step(self, name: str, prompts: list[str], targets: list[list[int]], denom: float | None = None) -> dict:
+        """Cross-entropy on the target tokens (label smoothing for the allocator's tier choice); the mean
+        over this batch, or the sum over `denom` (a shard of a global batch)."""
         engine = self.engines[name]
         engine.train()
+        loss, acc_sum, ls = None, 0.0, self.cfg.train.label_smoothing
+        if prompts and name == "allocator":
+            logp = self._tier_logprobs(engine.module, prompts, 1.0)
+            tiers = torch.tensor([t[0] for t in targets], device=logp.device)
+            if denom is None:
+                loss = torch.nn.functional.nll_loss(logp, tiers) * (1 - ls) - logp.mean(-1).mean() * ls
+            else:
+                loss = (-logp.gather(-1, tiers[:, None]).sum() * (1 - ls) - logp.mean(-1).sum() * ls) / denom
+            acc_sum = float((logp.argmax(-1) == tiers).float().sum())
+        elif prompts:
+            lps = self.actions.decomposition_logprobs(self._lm(name, engine.module), prompts, targets, 1.0)
+            lp, mask = pad_sequences(lps)
+            loss = -(lp * mask).sum() / (mask.sum() if denom is None else denom)
+            acc_sum = float(torch.stack([(x > -0.693).all() for x in lps]).float().sum())  # every token p > 0.5
+        self._backward_step(engine, loss)
+        return {"loss": float(loss.detach()) if loss is not None else 0.0, "acc_sum": acc_sum, "n": len(prompts)}
+
+    def grpo_step(self, name: str, items: list[TrainItem], denom: float | None = None) -> dict:
+        """One GRPO update of `name` on the sampled items of its phase (this rank's shard; `denom`: the
+        global token count over the number of ranks, default this shard's token count)."""
+        engine = self.engines[name]
+        engine.train()
+        if not items:
+            self._backward_step(engine, None)
+            self.versions[name] += 1
+            return dict.fromkeys(("loss", "kl", "clip_frac", "ratio_mean", "sampler_gap"), 0.0)
         new = self._logprobs(name, engine.module, items)
         with torch.no_grad():
             ref = self._logprobs(name, self.refs[name], items)
@@ -124,14 +166,13 @@ class LearnerImpl(WeightGroupMember):
         ref_lp, _ = pad_sequences(ref)
         old, _ = pad_sequences([torch.tensor(it.old_logprobs, dtype=torch.float32) for it in items])
         adv = torch.tensor([[it.advantage] for it in items], dtype=torch.float32)
-        loss, stats = grpo_loss(logp, old, ref_lp, adv, mask, clip=self.cfg.train.clip,
-                                kl_coef=self.cfg.train.kl_coef)
+        loss, stats = grpo_loss(logp, old.to(logp.device), ref_lp, adv.to(logp.device), mask.to(logp.device),
+                                clip=self.cfg.train.clip, kl_coef=self.cfg.train.kl_coef, tokens=denom)
         # learner vs sampler logprobs of the same tokens, before this update: stale weights show here
-        stats["sampler_gap"] = float(((logp.detach() - old).abs() * mask).sum() / mask.sum())
-        engine.backward(loss)
-        engine.step()
+        n = mask.sum() if denom is None else denom
+        stats["sampler_gap"] = float(((logp.detach().cpu() - old).abs() * mask).sum() / n)
+        self._backward_step(engine, loss)
         self.versions[name] += 1
-        stats["version"] = self.versions[name]
         return stats
 
     def logprobs(self, name: str, items: list[TrainItem]) -> list[list[float]]:
@@ -153,6 +194,10 @@ class LearnerImpl(WeightGroupMember):
         """Broadcast `name`'s weights to the rollout workers' weight group (CollectiveSync)."""
         self._broadcast_state(self.engines[name].module.state_dict(), source=True)
 
+    def parameters_flat(self, name: str) -> torch.Tensor:
+        """`name`'s parameters as one float64 vector (for comparing ranks and runs)."""
+        return torch.cat([p.detach().double().cpu().reshape(-1) for p in self.engines[name].module.parameters()])
+
     def save_pretrained(self, out_dir: str) -> None:
         for name in POLICIES:
             self.policies[name].save(Path(out_dir) / name)
@@ -165,16 +210,21 @@ class LearnerImpl(WeightGroupMember):
         tag = "ckpt"
         for name, engine in self.engines.items():
             engine.save_checkpoint(str(Path(ckpt_dir) / name), tag=tag)
-        meta = {"versions": self.versions, "tag": tag, "state": self.state}
-        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, Path(ckpt_dir) / "rng.pt")
-        (Path(ckpt_dir) / "learner.json").write_text(json.dumps(meta, indent=2))
+        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()},
+                   Path(ckpt_dir) / f"rng-rank{self.rank}.pt")
+        if self.rank == 0:
+            meta = {"versions": self.versions, "tag": tag, "ranks": self.world, "state": self.state}
+            (Path(ckpt_dir) / "learner.json").write_text(json.dumps(meta, indent=2))
         return tag
 
     def load_checkpoint(self, ckpt_dir: str) -> dict:
         meta = json.loads((Path(ckpt_dir) / "learner.json").read_text())
+        if meta.get("ranks", 1) != self.world:
+            raise ValueError(f"checkpoint {ckpt_dir} was written by {meta.get('ranks', 1)} learner ranks; this run "
+                             f"has {self.world} (train.learner.ranks): ZeRO's optimizer shards follow the rank count")
         for name, engine in self.engines.items():
             engine.load_checkpoint(str(Path(ckpt_dir) / name), tag=meta["tag"])
-        rng = torch.load(Path(ckpt_dir) / "rng.pt", weights_only=False)
+        rng = torch.load(Path(ckpt_dir) / f"rng-rank{self.rank}.pt", weights_only=False)
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
         self.versions, self.state = meta["versions"], meta["state"]
@@ -193,4 +243,81 @@ class LearnerImpl(WeightGroupMember):
         return out
 
 
-Learner = ray.remote(num_cpus=0.5, max_restarts=0)(LearnerImpl)
+Learner = ray.remote(max_restarts=0)(LearnerImpl)
+
+
+class LearnerGroup:
+    """The driver's handle on the learner ranks: creates them in a placement group, forms their process
+    group, shards batches across them and combines their statistics. Rank 0 holds the weights the
+    samplers get (ZeRO stages 0-2 keep every parameter on every rank)."""
+
+    def __init__(self, cfg: Config, init_dirs: dict[str, str], model_ids: list[str], lr: float | dict[str, float],
+                 total_steps: dict[str, int] | None = None):
+        spec = cfg.train.learner
+        self.world = spec.ranks
+        self.pg = placed_group("learner", [spec.bundle() or {"CPU": 0.01}] * self.world, spec.placement,
+                               spec.placement_timeout_s)
+        cfg_json = cfg.model_dump_json()
+        self.ranks = [
+            Learner.options(**spec.options(), scheduling_strategy=PlacementGroupSchedulingStrategy(
+                self.pg, placement_group_bundle_index=r)).remote(cfg_json, init_dirs, model_ids, lr, total_steps, r,
+                                                                 self.world)
+            for r in range(self.world)]
+        self.rank0 = self.ranks[0]
+        if self.world > 1:
+            addr, port = ray.get(self.rank0.address.remote())
+            ray.get([r.setup.remote(addr, port) for r in self.ranks])
+
+    def _all(self, method: str, *args) -> list:
+        return ray.get([getattr(r, method).remote(*args) for r in self.ranks])
+
+    def shards(self, n: int) -> list[slice]:
+        """Contiguous shards of `n` items, one per rank (sizes differ by at most one)."""
+        bounds = [round(i * n / self.world) for i in range(self.world + 1)]
+        return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+    def grpo_step(self, name: str, items: list[TrainItem], shards: list[list[TrainItem]] | None = None) -> dict:
+        """One GRPO update on `items` (or on explicit per-rank `shards` of them); the global statistics."""
+        shards = shards or [items[s] for s in self.shards(len(items))]
+        if self.world == 1:
+            return ray.get(self.rank0.grpo_step.remote(name, shards[0]))
+        tokens = sum(len(it.old_logprobs) for shard in shards for it in shard)
+        stats = ray.get([r.grpo_step.remote(name, shard, tokens / self.world) for r, shard in zip(self.ranks, shards)])
+        return {k: sum(s[k] for s in stats) / self.world for k in stats[0]}
+
+    def sft_step(self, name: str, prompts: list[str], targets: list[list[int]]) -> dict:
+        if self.world == 1:
+            out = ray.get(self.rank0.sft_step.remote(name, prompts, targets))
+        else:
+            count = len(targets) if name == "allocator" else sum(len(t) for t in targets)
+            outs = ray.get([r.sft_step.remote(name, prompts[s], targets[s], count / self.world)
+                            for r, s in zip(self.ranks, self.shards(len(prompts)))])
+            out = {"loss": sum(o["loss"] for o in outs) / self.world, "acc_sum": sum(o["acc_sum"] for o in outs),
+                   "n": sum(o["n"] for o in outs)}
+        return {"loss": out["loss"], "acc": out["acc_sum"] / max(1, out["n"])}
+
+    def logprobs(self, name: str, items: list[TrainItem]) -> list[list[float]]:
+        return ray.get(self.rank0.logprobs.remote(name, items))
+
+    def publish(self, name: str):
+        """(object ref of rank 0's state dict, {version, checksum})."""
+        state, meta = self.rank0.publish.options(num_returns=2).remote(name)
+        return state, ray.get(meta)
+
+    def save_checkpoint(self, ckpt_dir: str, state: dict) -> None:
+        ray.get(self.rank0.set_state.remote(state))
+        self._all("save_checkpoint", ckpt_dir)
+
+    def load_checkpoint(self, ckpt_dir: str) -> dict:
+        return self._all("load_checkpoint", ckpt_dir)[0]
+
+    def save_pretrained(self, out_dir: str) -> None:
+        ray.get(self.rank0.save_pretrained.remote(out_dir))
+
+    def placement(self) -> list[dict]:
+        return self._all("placement")
+
+    def kill(self) -> None:
+        for r in self.ranks:
+            ray.kill(r)
+        remove_placement_group(self.pg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ray
 
 from actors.cost import CostLedger, CostModel
+from actors.placement import where
 from actors.server import ModelServer
 from core.config import Config, PoolModelConfig
 from core.types import Completion, SamplingParams
@@ -31,7 +32,7 @@ def pool_models(cfg: Config) -> list[PoolModelConfig]:
 
 class ModelPoolImpl:
     def __init__(self, models: list[dict], replicas: int = 1, batch_window_ms: float = 5.0,
-                 max_batch: int = 64, num_cpus_per_server: float = 0.25):
+                 max_batch: int = 64, server_options: dict | None = None):
         specs = [PoolModelConfig.model_validate(m) for m in models]
         self.cost_model = CostModel({s.id: s.price for s in specs})
         # tiers: cheapest first (by completion-token price, then declaration order)
@@ -43,7 +44,7 @@ class ModelPoolImpl:
             n = s.replicas or replicas
             spec = s.model_dump(exclude={"price"})
             self.replicas[s.id] = [
-                ModelServer.options(num_cpus=num_cpus_per_server, max_concurrency=1000).remote(
+                ModelServer.options(**(server_options or {"num_cpus": 0.25}), max_concurrency=1000).remote(
                     s.id, s.backend, spec, batch_window_ms, max_batch)
                 for _ in range(n)
             ]
@@ -94,6 +95,10 @@ class ModelPoolImpl:
     def reset_ledger(self) -> None:
         self.ledger = CostLedger()
 
+    async def placement(self) -> dict:
+        """Where the dispatcher and each server run."""
+        return {"dispatcher": where(), "servers": [await s.placement.remote() for ss in self.replicas.values() for s in ss]}
+
     async def server_stats(self) -> dict[str, list[dict]]:
         return {m: [await s.stats.remote() for s in servers] for m, servers in self.replicas.items()}
 
@@ -104,11 +109,11 @@ ModelPool = ray.remote(max_restarts=1, max_task_retries=1)(ModelPoolImpl)
 def start_pool(cfg: Config, name: str | None = None):
     """Create the pool actor for `cfg` and wait until its models are loaded; returns the handle."""
     models = [m.model_dump() for m in pool_models(cfg)]
-    opts = {"num_cpus": 0, "max_concurrency": 1000}
+    opts = {**cfg.pool.dispatcher.options(), "max_concurrency": 1000}
     if name:
         opts.update(name=name, get_if_exists=True)
     pool = ModelPool.options(**opts).remote(
-        models, cfg.pool.replicas, cfg.pool.batch_window_ms, cfg.pool.max_batch, cfg.pool.num_cpus_per_server)
+        models, cfg.pool.replicas, cfg.pool.batch_window_ms, cfg.pool.max_batch, cfg.pool.server.options())
     ready = ray.get(pool.ready.remote())
     wanted = {m["id"] for m in models}
     if set(ready) != wanted:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import ray
 import torch
 
+from actors.placement import actor_device, where
 from actors.weight_sync import WeightGroupMember, WeightRef, state_checksum
 from benchmarks.tasks import build_world
 from core.config import Config
@@ -36,7 +37,7 @@ class RolloutWorkerImpl(WeightGroupMember):
         self.cfg = Config.model_validate_json(cfg_json)
         self.tasks = build_world(self.cfg).tasks
         self.pool, self.model_ids, self.seed = pool, model_ids, seed
-        self.policies = {name: PolicyLM.from_pretrained(path) for name, path in init_dirs.items()}
+        self.policies = {name: PolicyLM.from_pretrained(path, device=actor_device()) for name, path in init_dirs.items()}
         self.version = dict.fromkeys(self.policies, 0)
         self.checksum = {name: self._checksum(name) for name in self.policies}
         self.instance = uuid.uuid4().hex[:12]
@@ -57,6 +58,9 @@ class RolloutWorkerImpl(WeightGroupMember):
         """Receive `name`'s weights from the learner's broadcast (CollectiveSync)."""
         self._broadcast_state(self.policies[name].model.state_dict(), source=False)
         return self._loaded(name, version)
+
+    def placement(self) -> dict:
+        return {"instance": self.instance, **where()}
 
     def weights_report(self) -> dict[str, tuple[int, str]]:
         """Per policy: (version, checksum) of the weights this worker samples with."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import ray
 
 from actors.backends import make_backend
+from actors.placement import actor_device, where
 from core.types import Completion, SamplingParams
 
 
@@ -25,6 +26,8 @@ class ModelServerImpl:
     def __init__(self, model_id: str, backend: str, spec: dict, batch_window_ms: float = 5.0,
                  max_batch: int = 64):
         self.model_id = model_id
+        if backend == "hf":  # the GPU Ray gave this actor, if any
+            spec = {**spec, "device": spec.get("device") or actor_device()}
         self.backend = make_backend(backend, model_id, spec)
         self.window_s = batch_window_ms / 1000.0
         self.max_batch = max_batch
@@ -33,6 +36,9 @@ class ModelServerImpl:
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
+
+    def placement(self) -> dict:
+        return {"model_id": self.model_id, **where()}
 
     def _ensure_loop(self) -> None:
         if self._loop_task is None or self._loop_task.done():

@@ -96,8 +96,44 @@ class ZooConfig(Strict):
     workers: int = Field(2, ge=1)  # models trained in parallel processes
     eval_batch_size: int = Field(512, ge=1)
     mix: ZooMix = ZooMix()
-    models: list[ZooModelConfig] = Field(min_length=1)
+    models: list[ZooModelConfig] = []  # none: a pool of real models only (pool.use_zoo: false)
     dir: str | None = None  # where the zoo lives (default: <run_dir>/zoo); configs may share one
+
+
+class ActorResources(Strict):
+    """What one actor asks Ray for: CPUs, GPUs and custom resources (e.g. `{"pool": 0.1}` to pin it to
+    nodes started with `--resources '{"pool": 1}'`). An actor uses the GPU Ray gave it, if any."""
+
+    num_cpus: float = Field(0.25, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    resources: dict[str, float] = {}
+
+    def options(self) -> dict:
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "resources": dict(self.resources)}
+
+    def bundle(self) -> dict[str, float]:
+        """The placement-group bundle of one such actor."""
+        return {k: v for k, v in {"CPU": self.num_cpus, "GPU": self.num_gpus, **self.resources}.items() if v}
+
+
+class LearnerConfig(ActorResources):
+    """The learner group: `ranks` DeepSpeed data-parallel ranks, one Ray actor each, in one
+    torch.distributed group (gloo on CPU, NCCL on GPU), placed together by a placement group."""
+
+    num_cpus: float = Field(0.5, ge=0)
+    ranks: int = Field(1, ge=1)
+    placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    placement_timeout_s: float = Field(120.0, gt=0)  # a group that is not placed by then is an error
+
+
+class ModelShape(Strict):
+    """What the memory model needs of a transformer (from its HF config.json): parameters in billions,
+    layers, KV heads and head size (the KV cache per token is 2 x layers x kv_heads x head_dim values)."""
+
+    params_b: float = Field(gt=0)
+    layers: int = Field(ge=1)
+    kv_heads: int = Field(ge=1)
+    head_dim: int = Field(ge=1)
 
 
 class PoolModelConfig(Strict):
@@ -114,6 +150,7 @@ class PoolModelConfig(Strict):
     price: PriceConfig
     replicas: int | None = Field(None, ge=1)
     chat: bool = False  # an instruct model: prompts go through its tokenizer's chat template (hf)
+    shape: ModelShape | None = None  # a self-hosted model's shape, for the memory model (pipelines.train --dry-run)
 
     @model_validator(mode="after")
     def _where(self) -> PoolModelConfig:
@@ -130,7 +167,8 @@ class PoolConfig(Strict):
     replicas: int = Field(1, ge=1)  # default replicas per model
     batch_window_ms: float = Field(5.0, ge=0)
     max_batch: int = Field(64, ge=1)
-    num_cpus_per_server: float = Field(0.25, gt=0)
+    server: ActorResources = ActorResources()  # each model server (replica)
+    dispatcher: ActorResources = ActorResources(num_cpus=0)  # the ModelPool actor
 
 
 class ReasonConfig(Strict):
@@ -211,6 +249,8 @@ class TrainConfig(Strict):
     kl_coef: float = Field(0.2, ge=0)
     temperature: float = Field(1.0, gt=0)
     rollout_workers: int = Field(2, ge=1)
+    rollout: ActorResources = ActorResources()  # each rollout worker
+    learner: LearnerConfig = LearnerConfig()
     weight_sync: Literal["object_store", "collective"] = "object_store"  # collective: NCCL/gloo broadcast
     sync_backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl with a GPU, else gloo
     sync_timeout_s: float = Field(300.0, gt=0)  # a weight sync that takes longer is an error naming the worker
@@ -223,6 +263,22 @@ class TrainConfig(Strict):
     @property
     def suffix(self) -> str:
         return f"-seed{self.seed}" if self.seed else ""
+
+
+class PlanConfig(Strict):
+    """The memory model behind the placement plan (`python -m pipelines.train --dry-run`): bf16 weights
+    plus the KV cache of `concurrent_sequences` x `context_tokens` per vLLM engine, the learner's
+    weights, reference copies, gradients and AdamW state per ZeRO shard, all on one kind of GPU."""
+
+    gpu: str = "A100-80GB"
+    gpu_memory_gb: float = Field(80.0, gt=0)
+    memory_utilization: float = Field(0.9, gt=0, le=1)  # the share of a GPU an engine or rank may fill
+    overhead_gb: float = Field(4.0, ge=0)  # CUDA context, activations, graphs: per GPU
+    context_tokens: int = Field(4096, ge=1)
+    concurrent_sequences: int = Field(32, ge=1)  # per vLLM engine
+    max_tensor_parallel: int = Field(8, ge=1)  # GPUs per node
+    policy: ModelShape | None = None  # the decomposer's and allocator's shape (train.init)
+    rollout_gpus: float = Field(1.0, ge=0)  # GPUs per rollout worker (its two policies in bf16)
 
 
 class ServeConfig(Strict):
@@ -240,7 +296,7 @@ class Config(Strict):
     run_dir: str = "runs/tiny"
     seed: int = 0
     tasks: TasksConfig = TasksConfig()
-    zoo: ZooConfig
+    zoo: ZooConfig = ZooConfig()
     pool: PoolConfig = PoolConfig()
     reason: ReasonConfig = ReasonConfig()
     reward: RewardConfig = RewardConfig()
@@ -248,8 +304,15 @@ class Config(Strict):
     labels: LabelsConfig = LabelsConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    plan: PlanConfig = PlanConfig()
     serve: ServeConfig = ServeConfig()
     wandb: WandbConfig = WandbConfig()
+
+    @model_validator(mode="after")
+    def _pool_has_models(self) -> Config:
+        if not (self.pool.use_zoo and self.zoo.models) and not self.pool.models:
+            raise ValueError("pool: no models (give pool.models, or zoo.models with pool.use_zoo: true)")
+        return self
 
     @property
     def zoo_dir(self) -> Path:

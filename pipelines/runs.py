@@ -23,8 +23,14 @@ def labels_path(cfg: Config) -> Path:
 
 
 def init_dir(cfg: Config) -> Path:
-    """The zoo checkpoint both router policies start from (`train.init`, default: the largest)."""
-    return cfg.zoo_dir / (cfg.train.init or cfg.zoo.models[-1].name)
+    """The checkpoint both router policies start from: `train.init`, a zoo model's name or any HF folder
+    or id (default: the largest zoo model)."""
+    names = [m.name for m in cfg.zoo.models]
+    if cfg.train.init and cfg.train.init not in names:
+        return Path(cfg.train.init)
+    if not names:
+        raise ValueError("train.init: the config has no zoo; name the policies' checkpoint (an HF folder or id)")
+    return cfg.zoo_dir / (cfg.train.init or names[-1])
 
 
 def cost_ref(cfg: Config, pool, model_ids: list[str], tasks: dict[str, Task]) -> dict[str, float]:

@@ -15,11 +15,10 @@ import random
 import time
 from pathlib import Path
 
-import ray
 from rich.progress import Progress
 from transformers import AutoTokenizer
 
-from actors.learner import Learner
+from actors.learner import LearnerGroup
 from actors.runtime import pool_session
 from core.config import Config, config_from_args, config_parser
 from core.console import console as make_console
@@ -59,7 +58,7 @@ def run_sft(cfg: Config, learner, data: dict[str, list], console, progress=None)
             stats = []
             for i in range(0, len(items), cfg.train.sft_batch):
                 chunk = items[i: i + cfg.train.sft_batch]
-                stats.append(ray.get(learner.sft_step.remote(name, [p for p, _ in chunk], [t for _, t in chunk])))
+                stats.append(learner.sft_step(name, [p for p, _ in chunk], [t for _, t in chunk]))
                 if progress:
                     progress.advance(bar)
             history.setdefault(name, []).append({
@@ -80,12 +79,12 @@ def run_sft_stage(cfg: Config, console) -> Path:
         t_labels = time.perf_counter() - start
         init = str(init_dir(cfg))
         data = sft_data(rows, AutoTokenizer.from_pretrained(init), cfg.router.templates)
-        learner = Learner.remote(cfg.model_dump_json(), {"decomposer": init, "allocator": init}, model_ids,
-                                 cfg.train.sft_lr, total_steps(cfg, data))
+        learner = LearnerGroup(cfg, {"decomposer": init, "allocator": init}, model_ids, cfg.train.sft_lr,
+                               total_steps(cfg, data))
         history = run_sft(cfg, learner, data, console, progress)
         out = router_dir(cfg, "sft")
-        ray.get(learner.save_pretrained.remote(str(out)))
-        ray.kill(learner)
+        learner.save_pretrained(str(out))
+        learner.kill()
         save_router_meta(cfg, out, model_ids, "sft")
     (out / "sft_history.json").write_text(json.dumps(
         {"history": history, "labels": len(rows), "label_seconds": round(t_labels, 1),

@@ -24,11 +24,12 @@ import ray
 import torch
 from rich.progress import Progress
 
-from actors.learner import POLICIES, Learner
+from actors.learner import POLICIES, LearnerGroup
+from actors.plan import check_on_cluster, plan_groups
 from actors.rollout import RolloutWorker
 from actors.runtime import pool_session
 from actors.weight_sync import CollectiveSync, ObjectStoreSync, WeightRef, check_loaded, make_sync
-from benchmarks.tasks import build_world
+from benchmarks.tasks import TASKS, build_world
 from core.checkpoints import latest_valid, prune, step_dir, write_manifest
 from core.config import Config, config_from_args, config_parser
 from core.console import console as make_console
@@ -88,10 +89,11 @@ class Trainer:
         dirs = {p: str(sft / p) for p in POLICIES}
         cfg_json = cfg.model_dump_json()
         lr = {"decomposer": cfg.train.grpo_lr_decomposer or cfg.train.grpo_lr, "allocator": cfg.train.grpo_lr}
-        self.learner = Learner.remote(cfg_json, dirs, self.model_ids, lr)
-        self.workers = [RolloutWorker.remote(cfg_json, dirs, self.pool, self.model_ids, 1000 * cfg.train.seed + i)
+        self.learner = LearnerGroup(cfg, dirs, self.model_ids, lr)
+        self.workers = [RolloutWorker.options(**cfg.train.rollout.options()).remote(
+                            cfg_json, dirs, self.pool, self.model_ids, 1000 * cfg.train.seed + i)
                         for i in range(cfg.train.rollout_workers)]
-        self.sync = make_sync(cfg.train.weight_sync, self.learner, self.workers, POLICIES,
+        self.sync = make_sync(cfg.train.weight_sync, self.learner.rank0, self.workers, POLICIES,
                               cfg.train.sync_timeout_s, cfg.train.sync_backend)
         self.instances: list[str | None] = [None] * len(self.workers)  # each worker's incarnation
         self.state: dict = {"step": 0}
@@ -105,6 +107,14 @@ class Trainer:
         if "cost_ref" not in self.state:
             self.state["cost_ref"] = cost_ref(cfg, self.pool, self.model_ids, self.tasks)
         self.run = self._wandb()
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "placement.json").write_text(json.dumps(self.placement(), indent=2))
+
+    def placement(self) -> dict:
+        """Where every actor group runs (node ids, GPU ids, device), as the actors themselves report it."""
+        return {"driver": ray.get_runtime_context().get_node_id(), "learner": self.learner.placement(),
+                "rollout_workers": ray.get([w.placement.remote() for w in self.workers]),
+                "pool": ray.get(self.pool.placement.remote())}
 
     def _resume(self) -> None:
         """Continue from the newest complete checkpoint (partial ones are passed over, and said so); the
@@ -116,15 +126,14 @@ class Trainer:
             self.console.print(f"no complete checkpoint in {self.ckpt_root}: starting from step 0")
             self.history_path.unlink(missing_ok=True)
             return
-        meta = ray.get(self.learner.load_checkpoint.remote(str(ckpt)))
+        meta = self.learner.load_checkpoint(str(ckpt))
         self.state = meta["state"]
         kept = [line for line in read_lines(self.history_path) if json.loads(line)["step"] < self.state["step"]]
         self.history_path.write_text("".join(line + "\n" for line in kept))
         self.console.print(f"resumed from {ckpt} at step {self.state['step']}")
 
     def _publish(self, name: str) -> WeightRef:
-        state, meta = self.learner.publish.options(num_returns=2).remote(name)
-        meta = ray.get(meta)
+        state, meta = self.learner.publish(name)
         return WeightRef(meta["version"], state, meta["checksum"])
 
     def _wandb(self):
@@ -169,7 +178,7 @@ class Trainer:
                 self.console.print(f"[yellow]rollout worker {w} was restarted; it loaded {res.reloaded or 'nothing'}")
                 if isinstance(self.sync, CollectiveSync):
                     self.console.print("[yellow]weights now travel through the object store")
-                    self.sync = ObjectStoreSync(self.learner, self.workers, POLICIES, self.cfg.train.sync_timeout_s)
+                    self.sync = ObjectStoreSync(self.learner.rank0, self.workers, POLICIES, self.cfg.train.sync_timeout_s)
         return [t for res in results for t in res.trajectories], reloads
 
     def step(self) -> dict:
@@ -184,7 +193,7 @@ class Trainer:
                           cfg.reward.cost_ref or self.state["cost_ref"][t.task]) for t in trajs]
         items = training_items(trajs, rewards, cfg.train.group_size, phase)
         start = time.perf_counter()
-        stats = ray.get(self.learner.grpo_step.remote(phase, items)) if items else {"skipped": 1}
+        stats = self.learner.grpo_step(phase, items) if items else {"skipped": 1}
         if items:
             self.published[phase] = self._publish(phase)
             self.stale.add(phase)
@@ -204,8 +213,9 @@ class Trainer:
         return metrics
 
     def close(self) -> None:
-        for actor in [self.learner, *self.workers]:
+        for actor in self.workers:
             ray.kill(actor)
+        self.learner.kill()
         self._session.close()
         if self.run:
             self.run.finish()
@@ -216,8 +226,7 @@ class Trainer:
         ckpt = step_dir(self.ckpt_root, self.state["step"])
         shutil.rmtree(ckpt, ignore_errors=True)  # a partial one from a killed run
         ckpt.mkdir(parents=True)
-        ray.get(self.learner.set_state.remote(self.state))
-        ray.get(self.learner.save_checkpoint.remote(str(ckpt)))
+        self.learner.save_checkpoint(str(ckpt), self.state)
         write_manifest(ckpt, {"step": self.state["step"]})
         prune(self.ckpt_root, self.cfg.train.keep_checkpoints)
         return ckpt
@@ -241,7 +250,7 @@ class Trainer:
         if history:
             plot_curves(history, self.out / "learning_curves.png")
         out = router_dir(self.cfg, "grpo" + self.cfg.train.suffix)
-        ray.get(self.learner.save_pretrained.remote(str(out)))
+        self.learner.save_pretrained(str(out))
         save_router_meta(self.cfg, out, self.model_ids, "grpo")
         return new
 
@@ -260,12 +269,60 @@ def read_lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+def benchmark_sources(cfg: Config) -> list[str]:
+    """Where each enabled task's data comes from (or why it is missing), without loading it."""
+    lines = []
+    for name in cfg.tasks.enabled:
+        try:
+            task = TASKS.lookup(name).from_config(cfg)
+        except (FileNotFoundError, ValueError) as err:
+            lines.append(f"{name:<8} MISSING: {err}")
+            continue
+        source = getattr(task, "path", None) or getattr(task, "hf_dataset", None)
+        lines.append(f"{name:<8} {source if source else 'generated in code'}")
+    return lines
+
+
+def dry_run(cfg: Config, console, cluster: str | None = None) -> int:
+    """The plan (pool models, placement groups, benchmark sources); with `cluster`, whether it fits there."""
+    try:
+        groups, models = plan_groups(cfg)
+    except ValueError as err:
+        console.print(f"plan error: {err}", markup=False)
+        return 2
+    console.print(f"pool ({len(models)} models; memory model: {cfg.plan.gpu}, {cfg.plan.context_tokens} context "
+                  f"tokens x {cfg.plan.concurrent_sequences} sequences per engine):", markup=False)
+    for line in models:
+        console.print("  " + line, markup=False)
+    console.print("placement plan:", markup=False)
+    for g in groups:
+        console.print(f"  {g.name:<22} {len(g.bundles)} x {g.bundles[0]} {g.strategy} {g.note}", markup=False)
+    console.print(f"  total: {sum(g.gpus for g in groups):g} GPUs, {sum(g.cpus for g in groups):g} CPUs", markup=False)
+    console.print("benchmarks:", markup=False)
+    for line in benchmark_sources(cfg):
+        console.print("  " + line, markup=False)
+    if cluster is None:
+        return 0
+    ray.init(address=cluster, log_to_driver=False)
+    try:
+        problem = check_on_cluster(groups)
+    finally:
+        ray.shutdown()
+    console.print(problem or f"fits the cluster at {cluster}", markup=False)
+    return 1 if problem else 0
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = config_parser(__doc__)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the config and print the placement plan; load nothing, contact nothing")
+    parser.add_argument("--cluster", metavar="ADDRESS", help="with --dry-run: check the plan fits this Ray cluster")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     console = make_console()
+    if args.dry_run:
+        raise SystemExit(dry_run(cfg, console, args.cluster))
     start = time.perf_counter()
     trainer = Trainer(cfg, console, resume=args.resume)
     with Progress(console=console) as progress:

@@ -174,7 +174,9 @@ class TaskRouter(Method):
                 vocab.setdefault(w, len(vocab))
         x = self._features(vocab, examples)
         y = torch.tensor(labels)
-        clf = torch.nn.Linear(len(vocab), n)
+        with torch.random.fork_rng():  # its own seed: the same classifier whatever ran before in the process
+            torch.manual_seed(ctx.seed)
+            clf = torch.nn.Linear(len(vocab), n)
         opt = torch.optim.Adam(clf.parameters(), lr=0.05, weight_decay=1e-4)
         for _ in range(300):
             opt.zero_grad()

@@ -30,9 +30,12 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, advantages: torch.Tensor,
-              mask: torch.Tensor, clip: float = 0.2, kl_coef: float = 0.05) -> tuple[torch.Tensor, dict]:
+              mask: torch.Tensor, clip: float = 0.2, kl_coef: float = 0.05,
+              tokens: float | None = None) -> tuple[torch.Tensor, dict]:
     """All tensors [batch, tokens] (advantages broadcast per sequence as [batch, 1]); mask marks real
-    tokens. Returns the token-mean loss and diagnostics."""
+    tokens. Returns the loss, a sum over tokens divided by `tokens` (default: this batch's token count,
+    i.e. the token mean; a data-parallel shard passes the global count over the number of ranks, so
+    that the ranks' averaged gradient is the global batch's token mean), and diagnostics (likewise)."""
     mask = mask.to(logp.dtype)
     ratio = torch.exp(logp - old_logp)
     unclipped = ratio * advantages
@@ -40,7 +43,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     objective = torch.minimum(unclipped, clipped)
     kl = k3_kl(logp, ref_logp)
     per_token = -(objective - kl_coef * kl)
-    n = mask.sum().clamp(min=1)
+    n = mask.sum().clamp(min=1) if tokens is None else torch.tensor(float(tokens))
     loss = (per_token * mask).sum() / n
     with torch.no_grad():
         stats = {

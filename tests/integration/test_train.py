@@ -40,13 +40,13 @@ def test_two_grpo_steps_then_resume_reproduces(sft_config):
     assert [h["phase"] for h in history] == ["decomposer", "allocator"]
     for h in history:
         assert {"reward", "accuracy", "cost_per_query", "format_ok", "time_rollout_s"} <= set(h)
-    digest = ray.get(first.learner.optimizer_state_digest.remote())
+    digest = ray.get(first.learner.rank0.optimizer_state_digest.remote())
     third = first.step()  # the step after the checkpoint, from the live run
     first.close()
 
     resumed = Trainer(cfg, Console(quiet=True), resume=True)
     assert resumed.state["step"] == 2
-    assert ray.get(resumed.learner.optimizer_state_digest.remote()) == pytest.approx(digest)
+    assert ray.get(resumed.learner.rank0.optimizer_state_digest.remote()) == pytest.approx(digest)
     again = resumed.step()
     resumed.close()
     assert again["phase"] == third["phase"]
@@ -139,7 +139,7 @@ def test_sampler_and_learner_agree_at_a_training_temperature_other_than_1(sft_co
             rewards = [float(i % 2) for i in range(len(trajs))]  # every group has spread
             items = training_items(trajs, rewards, 2, phase)
             assert len(items) >= len(trajs) // 2
-            learner = ray.get(trainer.learner.logprobs.remote(phase, items))
+            learner = trainer.learner.logprobs(phase, items)
             gap = max(abs(a - b) for it, lps in zip(items, learner) for a, b in zip(it.old_logprobs, lps))
             assert gap < 1e-5, (phase, gap)
             assert any(abs(lp) > 1e-3 for it in items for lp in it.old_logprobs)  # not all certain

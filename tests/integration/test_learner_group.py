@@ -1,0 +1,100 @@
+"""The learner group: 2 DeepSpeed ranks (ZeRO-2, gloo) given unequal shards of a batch update the
+policy exactly as 1 rank does on the whole batch (the loss is normalised by the global token count);
+a 2-rank checkpoint resumes on 2 ranks and is refused, with a clear error, by 1."""
+import random
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def setup(zoo_config, ray_local):
+    """(config, init dirs, model ids, three batches of decomposer items sampled by the real sampler)."""
+    from benchmarks.tasks import build_world
+    from core.types import TrainItem
+    from policies.policy_lm import PolicyLM
+    from policies.router import ActionSpace
+
+    cfg = zoo_config.model_copy(update={"train": zoo_config.train.model_copy(update={"zero_stage": 2})})
+    init = str(zoo_config.zoo_dir / zoo_config.zoo.models[-1].name)
+    ids = [m.name for m in zoo_config.zoo.models]
+    lm, actions = PolicyLM.from_pretrained(init, device="cpu"), ActionSpace("tiny", ids)
+    world = build_world(cfg)
+    queries = [e.query for t in world.tasks.values() for e in t.load("train")[:18]]
+    gen, rng = torch.Generator().manual_seed(0), random.Random(0)
+    batches = []
+    for step in range(3):
+        qs = queries[step * 12: step * 12 + 12]
+        prompts = [actions.templates.decompose_prompt(q, lm.tokenizer) for q in qs]
+        samples = actions.sample_decompositions(lm, prompts, 12, 1.0, gen)
+        batches.append([TrainItem("decomposer", p, token_ids=s.token_ids, old_logprobs=s.logprobs,
+                                  advantage=rng.uniform(-1, 1)) for p, s in zip(prompts, samples)])
+    return cfg, {"decomposer": init, "allocator": init}, ids, batches
+
+
+def group(cfg, dirs, ids, ranks):
+    from actors.learner import LearnerGroup
+
+    c = cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"learner": cfg.train.learner.model_copy(update={"ranks": ranks})})})
+    return LearnerGroup(c, dirs, ids, 1e-2)
+
+
+def params(g, rank=0):
+    import ray
+
+    return ray.get(g.ranks[rank].parameters_flat.remote("decomposer"))
+
+
+def test_two_ranks_with_unequal_shards_equal_one_rank(setup):
+    cfg, dirs, ids, batches = setup
+    one, two = group(cfg, dirs, ids, 1), group(cfg, dirs, ids, 2)
+    try:
+        start = params(one)
+        for items in batches:
+            shards = [items[:3], items[3:]]  # 3 and 9 sequences: different token counts
+            assert sum(len(i.token_ids) for i in shards[0]) != sum(len(i.token_ids) for i in shards[1])
+            a = one.grpo_step("decomposer", items)
+            b = two.grpo_step("decomposer", items, shards=shards)
+            for k in ("loss", "kl", "sampler_gap"):
+                assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-7), k
+        p1, p2 = params(one), params(two)
+        assert not torch.equal(p1, start)  # they learned
+        rel = float((p2 - p1).norm() / p1.norm())
+        rel_update = float((p2 - p1).norm() / (p1 - start).norm())
+        print(f"2 ranks vs 1: parameters rel {rel:.2e}, update rel {rel_update:.2e}, max abs {float((p2 - p1).abs().max()):.2e}")
+        assert rel < 1e-5 and rel_update < 1e-4
+        assert torch.equal(params(two, 1), p2)  # the ranks agree
+        nodes = [p["rank"] for p in two.placement()]
+        assert nodes == [0, 1]
+    finally:
+        one.kill()
+        two.kill()
+
+
+def test_a_two_rank_checkpoint_resumes_on_two_ranks(setup, tmp_path):
+    cfg, dirs, ids, batches = setup
+    first = group(cfg, dirs, ids, 2)
+    try:
+        for items in batches[:2]:
+            first.grpo_step("decomposer", items)
+        first.save_checkpoint(str(tmp_path), {"step": 2})
+        first.grpo_step("decomposer", batches[2])
+        want = params(first)
+    finally:
+        first.kill()
+    again = group(cfg, dirs, ids, 2)
+    try:
+        assert again.load_checkpoint(str(tmp_path))["state"] == {"step": 2}
+        again.grpo_step("decomposer", batches[2])
+        assert torch.allclose(params(again), want, rtol=1e-6, atol=1e-8)
+    finally:
+        again.kill()
+    single = group(cfg, dirs, ids, 1)
+    try:
+        with pytest.raises(Exception, match="written by 2 learner ranks; this run has 1"):
+            single.load_checkpoint(str(tmp_path))
+    finally:
+        single.kill()
