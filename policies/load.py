@@ -27,6 +27,8 @@ def load_router(cfg: Config, model_ids: list[str]) -> tuple[PolicyRouter, str]:
     if r.path and (Path(r.path) / "allocator").exists():
         return (trained_router(cfg, r.path, model_ids, f"trained:{r.path}", r.temperature),
                 f"trained router from {r.path}")
+    if not r.init and not cfg.zoo.models:
+        raise ValueError("router.init: no trained router (router.path) and no zoo; name the policies' checkpoint")
     init = r.init or cfg.zoo.models[0].name
     path = cfg.zoo_dir / init if (cfg.zoo_dir / init).exists() else Path(init)
     lm = PolicyLM.from_pretrained(path)

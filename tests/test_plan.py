@@ -53,3 +53,12 @@ def test_dry_run_names_every_model_and_loads_nothing():
                   "qwen2.5-72b", "deepseek-v3", "gpt-4o"):
         assert model in out.stdout
     assert "total: 15 GPUs" in out.stdout and "benchmarks:" in out.stdout and "scan" in out.stdout
+
+
+def test_a_config_without_a_zoo_names_what_the_router_lacks():
+    from policies.load import load_router
+
+    with pytest.raises(ValueError, match="router.init: no trained router"):
+        load_router(load_config("configs/paper.yaml"), ["a", "b"])
+    with pytest.raises(Exception, match="pool: no models"):
+        load_config("configs/paper.yaml", ["pool.models=[]"])
