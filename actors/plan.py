@@ -121,7 +121,8 @@ def check_on_cluster(groups: list[Group], timeout_s: float = 60.0) -> str | None
     """None when every group fits the connected cluster (checked first, then created and removed), else
     one line naming the first group that does not."""
     import ray  # lazy: a dry run without --cluster needs no Ray
-    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from actors.placement import placed_group, remove_placement_group
 
     free = [dict(n["Resources"]) for n in ray.nodes() if n["Alive"]]
     for g in groups:
@@ -131,11 +132,9 @@ def check_on_cluster(groups: list[Group], timeout_s: float = 60.0) -> str | None
     created = []
     try:
         for g in groups:
-            pg = placement_group(g.bundles, strategy=g.strategy)
-            created.append(pg)
-            ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
-            if not ready:
-                return f"does not fit: {g.name} was not placed within {timeout_s:g}s"
+            created.append(placed_group(g.name, g.bundles, g.strategy, timeout_s))
+    except RuntimeError as err:
+        return f"does not fit: {err}"
     finally:
         for pg in created:
             remove_placement_group(pg)

@@ -15,7 +15,7 @@ import ray
 import torch
 
 from actors.placement import actor_device, where
-from actors.weight_sync import WeightGroupMember, WeightRef, state_checksum
+from actors.weight_sync import WeightGroupMember, WeightRef, check_loaded, state_checksum
 from benchmarks.tasks import build_world
 from core.config import Config
 from policies.policy_lm import PolicyLM
@@ -70,10 +70,8 @@ class RolloutWorkerImpl(WeightGroupMember):
         """Load every published policy whose version this worker does not hold; returns their names."""
         stale = [name for name, ref in published.items() if self.version[name] != ref.version]
         for name in stale:
-            version, checksum = self.set_weights(name, ray.get(published[name].state), published[name].version)
-            if checksum != published[name].checksum:
-                raise RuntimeError(f"rollout worker {self.instance}: {name} v{version} loaded with checksum "
-                                   f"{checksum[:12]}, the learner published {published[name].checksum[:12]}")
+            loaded = self.set_weights(name, ray.get(published[name].state), published[name].version)
+            check_loaded(published, {name: loaded}, f"rollout worker {self.instance}")
         return stale
 
     def rollout(self, task_name: str, examples: list, group_size: int, phase: str, step: int,

@@ -15,7 +15,7 @@ from actors.runtime import pool_session
 from benchmarks.tasks import World, build_world
 from core.config import Config, config_from_tree, load_config
 from pipelines.runs import ROUTER_META
-from policies.load import load_router, trained_router
+from policies.load import load_router
 from policies.reason import Trajectory, reason
 from policies.router import PolicyRouter
 
@@ -42,12 +42,7 @@ class Router:
 
     def __enter__(self) -> Router:
         self.pool, self.model_ids = self._session.enter_context(pool_session(self.cfg))
-        if self.path is not None:
-            self.policy = trained_router(self.cfg, self.path, self.model_ids, f"trained:{self.path}",
-                                         self.cfg.router.temperature)
-            self.description = f"trained router from {self.path}"
-        else:
-            self.policy, self.description = load_router(self.cfg, self.model_ids)
+        self.policy, self.description = load_router(self.cfg, self.model_ids, self.path)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -39,14 +39,14 @@ def cost_ref(cfg: Config, pool, model_ids: list[str], tasks: dict[str, Task]) ->
     path = Path(cfg.run_dir) / COST_REF
     basis = {"model_ids": model_ids, "queries": cfg.train.cost_ref_queries, "split": "train"}
     stored = json.loads(path.read_text()) if path.exists() else {}
-    if stored.get("basis") == basis and set(tasks) <= set(stored.get("per_task", {})):
-        return {name: stored["per_task"][name] for name in tasks}
-    ctx = Context(pool, model_ids, cfg.reason, cfg.seed)
-    examples = {name: task.load("train")[: cfg.train.cost_ref_queries] for name, task in tasks.items()}
-    per_task = {**stored.get("per_task", {}), **asyncio.run(reference_cost(ctx, tasks, examples))} \
-        if stored.get("basis") == basis else asyncio.run(reference_cost(ctx, tasks, examples))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"basis": basis, "per_task": per_task}, indent=2))
+    per_task = stored.get("per_task", {}) if stored.get("basis") == basis else {}
+    missing = {name: task for name, task in tasks.items() if name not in per_task}
+    if missing:
+        ctx = Context(pool, model_ids, cfg.reason, cfg.seed)
+        examples = {name: task.load("train")[: cfg.train.cost_ref_queries] for name, task in missing.items()}
+        per_task.update(asyncio.run(reference_cost(ctx, missing, examples)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"basis": basis, "per_task": per_task}, indent=2))
     return {name: per_task[name] for name in tasks}
 
 

@@ -21,9 +21,13 @@ def trained_router(cfg: Config, path: str | Path, model_ids: list[str], label: s
                         max_tokens=cfg.reason.decompose_max_tokens, seed=cfg.seed, label=label)
 
 
-def load_router(cfg: Config, model_ids: list[str]) -> tuple[PolicyRouter, str]:
-    """(router, description) for the config's router settings."""
+def load_router(cfg: Config, model_ids: list[str], path: str | Path | None = None) -> tuple[PolicyRouter, str]:
+    """(router, description): the trained router in `path` (which must exist), else the config's router
+    settings (`router.path` when it holds one, else untrained policies from a zoo checkpoint)."""
     r = cfg.router
+    if path is not None:
+        return (trained_router(cfg, path, model_ids, f"trained:{path}", r.temperature),
+                f"trained router from {path}")
     if r.path and (Path(r.path) / "allocator").exists():
         return (trained_router(cfg, r.path, model_ids, f"trained:{r.path}", r.temperature),
                 f"trained router from {r.path}")
