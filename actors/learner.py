@@ -50,7 +50,7 @@ def ds_config(cfg: Config, lr: float, total_steps: int | None = None) -> dict:
         "warmup_type": "linear", "cos_min_ratio": 0.0}}} if total_steps else {}
     return {
         "train_micro_batch_size_per_gpu": cfg.train.sft_batch,
-        "gradient_accumulation_steps": 1,
+        "gradient_accumulation_steps": 1,  # a step's micro-batches vary in number: the learner marks the last
         "gradient_clipping": 1.0,
         "optimizer": {"type": "AdamW", "params": {"lr": lr, "weight_decay": cfg.train.weight_decay,
                                                    "torch_adam": True}},
@@ -93,7 +93,7 @@ class LearnerImpl(WeightGroupMember):
         torch.manual_seed(self.cfg.seed)
         self.engines, self.refs, self.policies = {}, {}, {}
         for name in POLICIES:
-            lm = PolicyLM.from_pretrained(self.init_dirs[name], device=self.device)
+            lm = PolicyLM.from_pretrained(self.init_dirs[name], device=self.device, lora=self.cfg.train.lora)
             self.refs[name] = copy.deepcopy(lm.model).eval().requires_grad_(False)
             config = ds_config(self.cfg, self.lrs[name], self.total_steps.get(name))
             engine, *_ = deepspeed.initialize(model=lm.model, config=config,
@@ -121,45 +121,63 @@ class LearnerImpl(WeightGroupMember):
         return [logp[i, it.tier].view(1) for i, it in enumerate(items)]
 
     # -- training steps (each rank: its shard; `denom`: the global count over the number of ranks) ------
-    def _backward_step(self, engine, loss: torch.Tensor | None) -> None:
-        """Every rank backs and steps, an empty shard too (a zero loss keeps the collectives in step)."""
-        if loss is None:
-            loss = sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0
-        engine.backward(loss)
-        engine.step()
+    # A step runs its shard in micro-batches (`train.micro_batch` items each; `n_micro` of them when the
+    # group sets the count, so that every rank runs as many backward passes), each loss divided by the
+    # step's whole count, gradients accumulated, then one optimizer step. A rank with fewer items runs
+    # its spare micro-batches on `filler` (an item of the batch) with weight 0: ZeRO-2 reduces gradients
+    # in buckets during every backward, so every rank's backward must visit the parameters in the same
+    # order, which only the same forward graph guarantees.
+    def _micro(self, items: list, n_micro: int | None) -> list[slice]:
+        size = self.cfg.train.micro_batch or max(1, len(items))
+        n = n_micro or max(1, -(-len(items) // size))
+        return [slice(min(i * size, len(items)), min((i + 1) * size, len(items))) for i in range(n)]
 
-    def sft_step(self, name: str, prompts: list[str], targets: list[list[int]], denom: float | None = None) -> dict:
+    def _accumulate(self, engine, items: list, n_micro: int | None, filler, loss_fn) -> dict[str, float]:
+        """Backward `loss_fn(micro_batch) -> (loss, stats)` over the micro-batches, then one step; the sum
+        of their stats."""
+        engine.train()
+        total: dict[str, float] = {}
+        parts = self._micro(items, n_micro)
+        for i, part in enumerate(parts):
+            batch, weight = (items[part], 1.0) if items[part] else ([filler], 0.0) if filler is not None else ([], 0.0)
+            if batch:
+                loss, stats = loss_fn(batch)
+                loss = loss * weight
+                for k, v in stats.items():
+                    total[k] = total.get(k, 0.0) + v * weight
+            else:  # a single rank with nothing to learn from: still a step (zero gradient)
+                loss = sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0
+            engine.set_gradient_accumulation_boundary(i == len(parts) - 1)  # ZeRO reduces at the last one
+            engine.backward(loss, scale_wrt_gas=False)
+        engine.step()
+        return total
+
+    def sft_step(self, name: str, prompts: list[str], targets: list[list[int]], denom: float | None = None,
+                 n_micro: int | None = None, filler: tuple[str, list[int]] | None = None) -> dict:
         """Cross-entropy on the target tokens (label smoothing for the allocator's tier choice); the mean
         over this batch, or the sum over `denom` (a shard of a global batch)."""
-        engine = self.engines[name]
-        engine.train()
-        loss, acc_sum, ls = None, 0.0, self.cfg.train.label_smoothing
-        if prompts and name == "allocator":
-            logp = self._tier_logprobs(engine.module, prompts, 1.0)
-            tiers = torch.tensor([t[0] for t in targets], device=logp.device)
-            if denom is None:
-                loss = torch.nn.functional.nll_loss(logp, tiers) * (1 - ls) - logp.mean(-1).mean() * ls
-            else:
-                loss = (-logp.gather(-1, tiers[:, None]).sum() * (1 - ls) - logp.mean(-1).sum() * ls) / denom
-            acc_sum = float((logp.argmax(-1) == tiers).float().sum())
-        elif prompts:
-            lps = self.actions.decomposition_logprobs(self._lm(name, engine.module), prompts, targets, 1.0)
-            lp, mask = pad_sequences(lps)
-            loss = -(lp * mask).sum() / (mask.sum() if denom is None else denom)
-            acc_sum = float(torch.stack([(x > -0.693).all() for x in lps]).float().sum())  # every token p > 0.5
-        self._backward_step(engine, loss)
-        return {"loss": float(loss.detach()) if loss is not None else 0.0, "acc_sum": acc_sum, "n": len(prompts)}
+        if denom is None:
+            denom = len(targets) if name == "allocator" else sum(len(t) for t in targets)
+        ls, model = self.cfg.train.label_smoothing, self.engines[name].module
 
-    def grpo_step(self, name: str, items: list[TrainItem], denom: float | None = None) -> dict:
-        """One GRPO update of `name` on the sampled items of its phase (this rank's shard; `denom`: the
-        global token count over the number of ranks, default this shard's token count)."""
-        engine = self.engines[name]
-        engine.train()
-        if not items:
-            self._backward_step(engine, None)
-            self.versions[name] += 1
-            return dict.fromkeys(("loss", "kl", "clip_frac", "ratio_mean", "sampler_gap"), 0.0)
-        new = self._logprobs(name, engine.module, items)
+        def loss_fn(batch: list[tuple[str, list[int]]]) -> tuple[torch.Tensor, dict]:
+            p, t = [b[0] for b in batch], [b[1] for b in batch]
+            if name == "allocator":
+                logp = self._tier_logprobs(model, p, 1.0)
+                tiers = torch.tensor([x[0] for x in t], device=logp.device)
+                loss = (-logp.gather(-1, tiers[:, None]).sum() * (1 - ls) - logp.mean(-1).sum() * ls) / denom
+                return loss, {"loss": float(loss.detach()), "acc_sum": float((logp.argmax(-1) == tiers).float().sum())}
+            lps = self.actions.decomposition_logprobs(self._lm(name, model), p, t, 1.0)
+            lp, mask = pad_sequences(lps)
+            loss = -(lp * mask).sum() / denom
+            acc = float(torch.stack([(x > -0.693).all() for x in lps]).float().sum())  # every token p > 0.5
+            return loss, {"loss": float(loss.detach()), "acc_sum": acc}
+
+        out = self._accumulate(self.engines[name], list(zip(prompts, targets)), n_micro, filler, loss_fn)
+        return {"loss": out.get("loss", 0.0), "acc_sum": out.get("acc_sum", 0.0), "n": len(prompts)}
+
+    def _grpo_loss(self, name: str, model, items: list[TrainItem], denom: float) -> tuple[torch.Tensor, dict]:
+        new = self._logprobs(name, model, items)
         with torch.no_grad():
             ref = self._logprobs(name, self.refs[name], items)
         logp, mask = pad_sequences(new)
@@ -169,11 +187,19 @@ class LearnerImpl(WeightGroupMember):
         loss, stats = grpo_loss(logp, old.to(logp.device), ref_lp, adv.to(logp.device), mask.to(logp.device),
                                 clip=self.cfg.train.clip, kl_coef=self.cfg.train.kl_coef, tokens=denom)
         # learner vs sampler logprobs of the same tokens, before this update: stale weights show here
-        n = mask.sum() if denom is None else denom
-        stats["sampler_gap"] = float(((logp.detach().cpu() - old).abs() * mask).sum() / n)
-        self._backward_step(engine, loss)
+        stats["sampler_gap"] = float(((logp.detach().cpu() - old).abs() * mask).sum() / denom)
+        return loss, stats
+
+    def grpo_step(self, name: str, items: list[TrainItem], denom: float | None = None,
+                  n_micro: int | None = None, filler: TrainItem | None = None) -> dict:
+        """One GRPO update of `name` on the sampled items of its phase (this rank's shard; `denom`: the
+        global token count over the number of ranks, default this shard's token count)."""
+        denom = denom if denom is not None else sum(len(it.old_logprobs) for it in items)
+        model = self.engines[name].module
+        out = self._accumulate(self.engines[name], items, n_micro, filler,
+                               lambda batch: self._grpo_loss(name, model, batch, denom))
         self.versions[name] += 1
-        return stats
+        return {k: out.get(k, 0.0) for k in ("loss", "kl", "clip_frac", "ratio_mean", "sampler_gap")}
 
     def logprobs(self, name: str, items: list[TrainItem]) -> list[list[float]]:
         """The current weights' logprobs of the items' actions, as `grpo_step` scores them."""
@@ -254,7 +280,7 @@ class LearnerGroup:
     def __init__(self, cfg: Config, init_dirs: dict[str, str], model_ids: list[str], lr: float | dict[str, float],
                  total_steps: dict[str, int] | None = None):
         spec = cfg.train.learner
-        self.world = spec.ranks
+        self.cfg, self.world = cfg, spec.ranks
         self.pg = placed_group("learner", [spec.bundle() or {"CPU": 0.01}] * self.world, spec.placement,
                                spec.placement_timeout_s)
         cfg_json = cfg.model_dump_json()
@@ -282,16 +308,26 @@ class LearnerGroup:
         if self.world == 1:
             return ray.get(self.rank0.grpo_step.remote(name, shards[0]))
         tokens = sum(len(it.old_logprobs) for shard in shards for it in shard)
-        stats = ray.get([r.grpo_step.remote(name, shard, tokens / self.world) for r, shard in zip(self.ranks, shards)])
+        n_micro, filler = self._n_micro(shards), next((it for shard in shards for it in shard), None)
+        stats = ray.get([r.grpo_step.remote(name, shard, tokens / self.world, n_micro, filler)
+                         for r, shard in zip(self.ranks, shards)])
         return {k: sum(s[k] for s in stats) / self.world for k in stats[0]}
+
+    def _n_micro(self, shards: list[list]) -> int:
+        """Micro-batches per rank in one step: the largest shard's count (the others add filler ones)."""
+        size = self.cfg.train.micro_batch
+        return max(1, max(-(-len(s) // size) for s in shards)) if size else 1
 
     def sft_step(self, name: str, prompts: list[str], targets: list[list[int]]) -> dict:
         if self.world == 1:
             out = ray.get(self.rank0.sft_step.remote(name, prompts, targets))
         else:
             count = len(targets) if name == "allocator" else sum(len(t) for t in targets)
-            outs = ray.get([r.sft_step.remote(name, prompts[s], targets[s], count / self.world)
-                            for r, s in zip(self.ranks, self.shards(len(prompts)))])
+            shards = self.shards(len(prompts))
+            n_micro = self._n_micro([prompts[s] for s in shards])
+            outs = ray.get([r.sft_step.remote(name, prompts[s], targets[s], count / self.world, n_micro,
+                                              (prompts[0], targets[0]))
+                            for r, s in zip(self.ranks, shards)])
             out = {"loss": sum(o["loss"] for o in outs) / self.world, "acc_sum": sum(o["acc_sum"] for o in outs),
                    "n": sum(o["n"] for o in outs)}
         return {"loss": out["loss"], "acc": out["acc_sum"] / max(1, out["n"])}

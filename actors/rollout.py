@@ -37,7 +37,7 @@ class RolloutWorkerImpl(WeightGroupMember):
         self.cfg = Config.model_validate_json(cfg_json)
         self.tasks = build_world(self.cfg).tasks
         self.pool, self.model_ids, self.seed = pool, model_ids, seed
-        self.policies = {name: PolicyLM.from_pretrained(path, device=actor_device()) for name, path in init_dirs.items()}
+        self.policies = {name: PolicyLM.from_pretrained(path, device=actor_device(), lora=self.cfg.train.lora) for name, path in init_dirs.items()}
         self.version = dict.fromkeys(self.policies, 0)
         self.checksum = {name: self._checksum(name) for name in self.policies}
         self.instance = uuid.uuid4().hex[:12]

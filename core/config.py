@@ -227,6 +227,20 @@ class LabelsConfig(Strict):
     max_search_rounds: int = Field(6, ge=1)
 
 
+class LoraConfig(Strict):
+    """LoRA adapters (PEFT) on the router policies: only the adapters train, the base stays frozen, and a
+    saved policy has its adapters merged (a plain HF folder)."""
+
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | None = None  # default: PEFT's choice for the architecture (q_proj, v_proj)
+
+    def peft_kwargs(self) -> dict:
+        return {"r": self.r, "lora_alpha": self.alpha, "lora_dropout": self.dropout,
+                "target_modules": self.target_modules}
+
+
 class TrainConfig(Strict):
     """SFT then alternating GRPO (pipelines.sft, pipelines.train)."""
 
@@ -237,6 +251,8 @@ class TrainConfig(Strict):
     sft_lr: float = Field(5e-3, gt=0)  # peak; linear warmup, then cosine decay to 0
     sft_warmup_steps: int = Field(50, ge=0)
     sft_batch: int = Field(64, ge=1)
+    micro_batch: int | None = Field(None, ge=1)  # items per forward/backward; a step accumulates gradients
+    lora: LoraConfig | None = None  # train LoRA adapters instead of every weight (pretrained policies)
     label_smoothing: float = Field(0.2, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     grpo_steps: int = Field(40, ge=0)

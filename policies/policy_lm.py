@@ -4,11 +4,14 @@ Tiny policies are built from the tiny world's tokenizer; at scale any HF folder 
 instruct model) loads the same way, with optional LoRA adapters (peft)."""
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from core.config import LoraConfig
 
 
 @dataclass
@@ -30,21 +33,27 @@ class PolicyLM:
         return next(self.model.parameters()).device
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, lora: dict | None = None, device: str | None = None) -> PolicyLM:
-        """Loads on `device` (default: the GPU when there is one, else the CPU)."""
+    def from_pretrained(cls, path: str | Path, lora: LoraConfig | None = None, device: str | None = None) -> PolicyLM:
+        """Loads on `device` (default: the GPU when there is one, else the CPU); with `lora`, wrapped in
+        fresh LoRA adapters (only they train)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: heavy, only to load
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device)
         if lora:
-            from peft import LoraConfig, get_peft_model  # lazy: optional (LoRA adapters)
+            from peft import LoraConfig as PeftLoraConfig  # lazy: optional (LoRA adapters)
+            from peft import get_peft_model
 
-            model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+            model = get_peft_model(model, PeftLoraConfig(task_type="CAUSAL_LM", **lora.peft_kwargs()))
         return cls(model, AutoTokenizer.from_pretrained(str(path)))
 
     def save(self, path: str | Path) -> None:
+        """A plain HF folder: LoRA adapters, if any, are merged into a copy of the weights."""
         Path(path).mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(path))
+        model = self.model
+        if hasattr(model, "merge_and_unload"):  # a PEFT model
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(str(path))
         self.tokenizer.save_pretrained(str(path))
 
     @property

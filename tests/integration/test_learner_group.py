@@ -1,6 +1,7 @@
 """The learner group: 2 DeepSpeed ranks (ZeRO-2, gloo) given unequal shards of a batch update the
-policy exactly as 1 rank does on the whole batch (the loss is normalised by the global token count);
-a 2-rank checkpoint resumes on 2 ranks and is refused, with a clear error, by 1."""
+policy exactly as 1 rank does on the whole batch (the loss is normalised by the global token count),
+with and without gradient accumulation over micro-batches; a 2-rank checkpoint resumes on 2 ranks and
+is refused, with a clear error, by 1; LoRA adapters train alone and save as a merged plain folder."""
 import random
 
 import pytest
@@ -34,11 +35,11 @@ def setup(zoo_config, ray_local):
     return cfg, {"decomposer": init, "allocator": init}, ids, batches
 
 
-def group(cfg, dirs, ids, ranks):
+def group(cfg, dirs, ids, ranks, **train):
     from actors.learner import LearnerGroup
 
     c = cfg.model_copy(update={"train": cfg.train.model_copy(
-        update={"learner": cfg.train.learner.model_copy(update={"ranks": ranks})})})
+        update={"learner": cfg.train.learner.model_copy(update={"ranks": ranks}), **train})})
     return LearnerGroup(c, dirs, ids, 1e-2)
 
 
@@ -48,9 +49,12 @@ def params(g, rank=0):
     return ray.get(g.ranks[rank].parameters_flat.remote("decomposer"))
 
 
-def test_two_ranks_with_unequal_shards_equal_one_rank(setup):
+@pytest.mark.parametrize("micro_batch", [None, 2], ids=["whole-shards", "micro-batches-of-2"])
+def test_two_ranks_with_unequal_shards_equal_one_rank(setup, micro_batch):
+    """With micro-batches of 2, the ranks run 2 and 5 micro-batches' worth of items in 5 backward passes
+    each (rank 0 adds empty ones) and the single rank 6: the update is the same."""
     cfg, dirs, ids, batches = setup
-    one, two = group(cfg, dirs, ids, 1), group(cfg, dirs, ids, 2)
+    one, two = group(cfg, dirs, ids, 1), group(cfg, dirs, ids, 2, micro_batch=micro_batch)
     try:
         start = params(one)
         for items in batches:
@@ -98,3 +102,29 @@ def test_a_two_rank_checkpoint_resumes_on_two_ranks(setup, tmp_path):
             single.load_checkpoint(str(tmp_path))
     finally:
         single.kill()
+
+
+def test_lora_trains_adapters_only_and_saves_merged(setup, tmp_path):
+    from core.config import LoraConfig
+    from policies.policy_lm import PolicyLM
+
+    cfg, dirs, ids, batches = setup
+    g = group(cfg, dirs, ids, 1, lora=LoraConfig(r=4, alpha=8.0))
+    try:
+        start = params(g)
+        g.grpo_step("decomposer", batches[0])
+        after = params(g)
+        changed = int((after != start).sum())
+        assert 0 < changed < 0.2 * len(start)  # the adapters moved, the base did not
+        g.save_pretrained(str(tmp_path))
+        want = g.logprobs("decomposer", batches[1])
+    finally:
+        g.kill()
+    merged = PolicyLM.from_pretrained(tmp_path / "decomposer", device="cpu")
+    assert not hasattr(merged.model, "peft_config")  # a plain HF folder
+    from policies.router import ActionSpace
+
+    got = ActionSpace("tiny", ids).decomposition_logprobs(
+        merged, [it.prompt for it in batches[1]], [it.token_ids for it in batches[1]], cfg.train.temperature)
+    gap = max(float((torch.tensor(w) - g_.detach()).abs().max()) for w, g_ in zip(want, got))
+    assert gap < 1e-5, gap
