@@ -21,7 +21,9 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.placement import actor_device, placed_group, remove_placement_group, where
 from actors.weight_sync import WeightGroupMember, state_checksum
+from core.checkpoints import list_files
 from core.config import Config
+from core.storage import ensure_local, pull_staged, push_staged
 from core.types import TrainItem
 from policies.grpo import grpo_loss, pad_sequences
 from policies.policy_lm import PolicyLM
@@ -93,7 +95,7 @@ class LearnerImpl(WeightGroupMember):
         torch.manual_seed(self.cfg.seed)
         self.engines, self.refs, self.policies = {}, {}, {}
         for name in POLICIES:
-            lm = PolicyLM.from_pretrained(self.init_dirs[name], device=self.device, lora=self.cfg.train.lora)
+            lm = PolicyLM.from_pretrained(ensure_local(self.init_dirs[name]), device=self.device, lora=self.cfg.train.lora)
             self.refs[name] = copy.deepcopy(lm.model).eval().requires_grad_(False)
             config = ds_config(self.cfg, self.lrs[name], self.total_steps.get(name))
             engine, *_ = deepspeed.initialize(model=lm.model, config=config,
@@ -227,12 +229,14 @@ class LearnerImpl(WeightGroupMember):
     def save_pretrained(self, out_dir: str) -> None:
         for name in POLICIES:
             self.policies[name].save(Path(out_dir) / name)
+        push_staged(out_dir)
 
     def set_state(self, state: dict) -> None:
         self.state = state
 
-    def save_checkpoint(self, ckpt_dir: str) -> str:
-        """DeepSpeed's checkpoint of each engine, RNG states, versions and the driver's state in `ckpt_dir`."""
+    def save_checkpoint(self, ckpt_dir: str) -> dict[str, int]:
+        """DeepSpeed's checkpoint of each engine, RNG states, versions and the driver's state in `ckpt_dir`,
+        uploaded when it is staged; returns the files there (relative path -> size)."""
         tag = "ckpt"
         for name, engine in self.engines.items():
             engine.save_checkpoint(str(Path(ckpt_dir) / name), tag=tag)
@@ -241,9 +245,11 @@ class LearnerImpl(WeightGroupMember):
         if self.rank == 0:
             meta = {"versions": self.versions, "tag": tag, "ranks": self.world, "state": self.state}
             (Path(ckpt_dir) / "learner.json").write_text(json.dumps(meta, indent=2))
-        return tag
+        push_staged(ckpt_dir)
+        return list_files(ckpt_dir)
 
     def load_checkpoint(self, ckpt_dir: str) -> dict:
+        pull_staged(ckpt_dir)
         meta = json.loads((Path(ckpt_dir) / "learner.json").read_text())
         if meta.get("ranks", 1) != self.world:
             raise ValueError(f"checkpoint {ckpt_dir} was written by {meta.get('ranks', 1)} learner ranks; this run "
@@ -340,9 +346,10 @@ class LearnerGroup:
         state, meta = self.rank0.publish.options(num_returns=2).remote(name)
         return state, ray.get(meta)
 
-    def save_checkpoint(self, ckpt_dir: str, state: dict) -> None:
+    def save_checkpoint(self, ckpt_dir: str, state: dict) -> dict[str, int]:
+        """Every rank's shard; the files written (relative path -> size), for the manifest."""
         ray.get(self.rank0.set_state.remote(state))
-        self._all("save_checkpoint", ckpt_dir)
+        return {k: v for files in self._all("save_checkpoint", ckpt_dir) for k, v in files.items()}
 
     def load_checkpoint(self, ckpt_dir: str) -> dict:
         return self._all("load_checkpoint", ckpt_dir)[0]

@@ -8,6 +8,7 @@ from actors.cost import CostLedger, CostModel
 from actors.placement import where
 from actors.server import ModelServer
 from core.config import Config, PoolModelConfig
+from core.storage import ensure_local
 from core.types import Completion, SamplingParams
 
 
@@ -16,7 +17,7 @@ def pool_models(cfg: Config) -> list[PoolModelConfig]:
     models = []
     if cfg.pool.use_zoo:
         for m in cfg.zoo.models:
-            path = cfg.zoo_dir / m.name
+            path = ensure_local(cfg.zoo_dir / m.name)
             if not (path / "config.json").exists():
                 raise FileNotFoundError(
                     f"zoo model {m.name!r} not found at {path}: train it with "

@@ -18,6 +18,7 @@ from actors.placement import actor_device, where
 from actors.weight_sync import WeightGroupMember, WeightRef, check_loaded, state_checksum
 from benchmarks.tasks import build_world
 from core.config import Config
+from core.storage import ensure_local
 from policies.policy_lm import PolicyLM
 from policies.reason import Trajectory, areason_batch
 from policies.router import PolicyRouter
@@ -37,7 +38,7 @@ class RolloutWorkerImpl(WeightGroupMember):
         self.cfg = Config.model_validate_json(cfg_json)
         self.tasks = build_world(self.cfg).tasks
         self.pool, self.model_ids, self.seed = pool, model_ids, seed
-        self.policies = {name: PolicyLM.from_pretrained(path, device=actor_device(), lora=self.cfg.train.lora) for name, path in init_dirs.items()}
+        self.policies = {name: PolicyLM.from_pretrained(ensure_local(path), device=actor_device(), lora=self.cfg.train.lora) for name, path in init_dirs.items()}
         self.version = dict.fromkeys(self.policies, 0)
         self.checksum = {name: self._checksum(name) for name in self.policies}
         self.instance = uuid.uuid4().hex[:12]

@@ -8,6 +8,7 @@ import ray
 
 from actors.backends import make_backend
 from actors.placement import actor_device, where
+from core.storage import ensure_local
 from core.types import Completion, SamplingParams
 
 
@@ -28,6 +29,8 @@ class ModelServerImpl:
         self.model_id = model_id
         if backend == "hf":  # the GPU Ray gave this actor, if any
             spec = {**spec, "device": spec.get("device") or actor_device()}
+        if spec.get("path"):  # a staged zoo model this node lacks comes from its URI
+            ensure_local(spec["path"])
         self.backend = make_backend(backend, model_id, spec)
         self.window_s = batch_window_ms / 1000.0
         self.max_batch = max_batch

@@ -15,11 +15,18 @@ def step_dir(root: str | Path, step: int) -> Path:
     return Path(root) / f"{PREFIX}{step:08d}"
 
 
-def write_manifest(ckpt: str | Path, meta: dict | None = None) -> Path:
-    """List every file under `ckpt` with its size, last (after everything else is written)."""
+def list_files(ckpt: str | Path) -> dict[str, int]:
+    """Every file under `ckpt` (but the manifest) with its size."""
     ckpt = Path(ckpt)
-    files = {str(p.relative_to(ckpt)): p.stat().st_size for p in sorted(ckpt.rglob("*"))
-             if p.is_file() and p.name != MANIFEST}
+    return {str(p.relative_to(ckpt)): p.stat().st_size for p in sorted(ckpt.rglob("*"))
+            if p.is_file() and p.name != MANIFEST}
+
+
+def write_manifest(ckpt: str | Path, meta: dict | None = None, files: dict[str, int] | None = None) -> Path:
+    """List every file under `ckpt` with its size (or `files`, when the writers' disks are elsewhere),
+    last (after everything else is written)."""
+    ckpt = Path(ckpt)
+    files = list_files(ckpt) if files is None else files
     path = ckpt / MANIFEST
     path.write_text(json.dumps({"files": files, **(meta or {})}, indent=1))
     return path
@@ -54,13 +61,15 @@ def latest_valid(root: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]
     return None, skipped
 
 
-def prune(root: str | Path, keep: int) -> None:
-    """Remove all but the newest `keep` complete checkpoints (and every partial one older than them)."""
+def prune(root: str | Path, keep: int) -> list[Path]:
+    """Remove all but the newest `keep` complete checkpoints (and every partial one older than them);
+    returns the removed ones."""
     ckpts = sorted(Path(root).glob(f"{PREFIX}*"), reverse=True)
     complete = [c for c in ckpts if check(c) is None]
     if len(complete) <= keep:
-        return
+        return []
     oldest_kept = complete[keep - 1]
-    for c in ckpts:
-        if c < oldest_kept:
-            shutil.rmtree(c, ignore_errors=True)
+    removed = [c for c in ckpts if c < oldest_kept]
+    for c in removed:
+        shutil.rmtree(c, ignore_errors=True)
+    return removed

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from core.storage import Storage
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -97,7 +99,7 @@ class ZooConfig(Strict):
     eval_batch_size: int = Field(512, ge=1)
     mix: ZooMix = ZooMix()
     models: list[ZooModelConfig] = []  # none: a pool of real models only (pool.use_zoo: false)
-    dir: str | None = None  # where the zoo lives (default: <run_dir>/zoo); configs may share one
+    dir: str | None = None  # where the zoo lives, a path or URI (default: <run_dir>/zoo); configs may share one
 
 
 class ActorResources(Strict):
@@ -309,7 +311,7 @@ class WandbConfig(Strict):
 
 class Config(Strict):
     name: str = "tiny"
-    run_dir: str = "runs/tiny"
+    run_dir: str = "runs/tiny"  # a path, or a URI (s3://, gs://, file://, ...): see core.storage
     seed: int = 0
     tasks: TasksConfig = TasksConfig()
     zoo: ZooConfig = ZooConfig()
@@ -331,8 +333,13 @@ class Config(Strict):
         return self
 
     @property
+    def run_path(self) -> Path:
+        """The run directory on this machine: `run_dir` itself, or the staging copy of a URI (core.storage)."""
+        return Storage(self.run_dir).local
+
+    @property
     def zoo_dir(self) -> Path:
-        return Path(self.zoo.dir) if self.zoo.dir else Path(self.run_dir) / "zoo"
+        return Storage(self.zoo.dir).local if self.zoo.dir else self.run_path / "zoo"
 
 
 class ConfigError(ValueError):

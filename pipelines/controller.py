@@ -14,6 +14,7 @@ from pathlib import Path
 from actors.runtime import pool_session
 from benchmarks.tasks import World, build_world
 from core.config import Config, config_from_tree, load_config
+from core.storage import local_copy
 from pipelines.runs import ROUTER_META
 from policies.load import load_router
 from policies.reason import Trajectory, reason
@@ -31,8 +32,9 @@ class Router:
 
     @classmethod
     def from_run(cls, path: str | Path, config: str | Path | None = None, overrides: list[str] | None = None) -> Router:
-        """A trained router folder, with the config it was trained under (stored beside it), or `config`."""
-        path = Path(path)
+        """A trained router folder (a path or URI), with the config it was trained under (stored beside
+        it), or `config`."""
+        path = local_copy(path)
         if config is not None:
             return cls(load_config(config, overrides), path)
         meta = path / ROUTER_META

@@ -11,18 +11,17 @@ Each stage's outputs live under `run_dir`; the zoo is reused when its config is 
 """
 from __future__ import annotations
 
-import shutil
 import time
-from pathlib import Path
 
 import ray
 from rich.progress import Progress
 
 from benchmarks.report import markdown_table
-from core.config import config_from_args, config_parser
+from core.config import Config, config_from_args, config_parser
 from core.console import console as make_console
+from core.storage import delete_staged
 from pipelines.evaluate import evaluate
-from pipelines.runs import COST_REF, labels_path, router_dir
+from pipelines.runs import COST_REF, labels_path, router_dir, synced
 from pipelines.sft import run_sft_stage
 from pipelines.train import Trainer
 from pipelines.zoo import CARD, card_table, run_zoo
@@ -33,8 +32,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, help="test queries per task (default: eval.limit)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
-    console = make_console()
-    run_dir = Path(cfg.run_dir)
+    with synced(cfg):
+        return run_demo(cfg, args.limit, make_console())
+
+
+def run_demo(cfg: Config, limit: int | None, console) -> dict:
+    run_dir = cfg.run_path
     timings: dict[str, float] = {}
 
     def stage(name: str, title: str):
@@ -51,9 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     done("zoo")
 
     stage("labels+sft", "2. SFT labels on the pool, then SFT of decomposer and allocator")
-    for stale in (labels_path(cfg).parent, run_dir / "router", run_dir / "train"):
-        shutil.rmtree(stale, ignore_errors=True)  # each run of the main job trains afresh
-    (run_dir / COST_REF).unlink(missing_ok=True)
+    for stale in (labels_path(cfg).parent, run_dir / "router", run_dir / "train", run_dir / COST_REF):
+        delete_staged(stale)  # each run of the main job trains afresh
     sft_dir = run_sft_stage(cfg, console)
     done("labels+sft")
     ray.shutdown()
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     stage("evaluate", "4. evaluation: R2 (after SFT and after GRPO) and every baseline")
     out = run_dir / "eval"
-    results = evaluate(cfg, cfg.eval.methods, args.limit or cfg.eval.limit, out, console, routers)
+    results = evaluate(cfg, cfg.eval.methods, limit or cfg.eval.limit, out, console, routers)
     done("evaluate")
     console.print(markdown_table(results), markup=False)
     console.print(f"results: {out / 'results.json'}  plot: {out / 'pareto.png'}  "

@@ -22,6 +22,7 @@ from benchmarks.tasks import build_world
 from core.config import Config, config_from_args, config_parser
 from core.console import console as make_console
 from pipelines.runs import cost_ref as run_cost_ref
+from pipelines.runs import synced
 from policies.baselines import Context, FixedRouter, RouterMethod, TaskRouter, expand, make_method
 from policies.load import trained_router
 from policies.reward import reward
@@ -142,7 +143,7 @@ def _log_wandb(cfg: Config, results: dict) -> None:
         return
     import wandb  # lazy: optional and heavy, only when W&B is on
 
-    run = wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode, dir=cfg.run_dir, job_type="evaluate",
+    run = wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode, dir=str(cfg.run_path), job_type="evaluate",
                      config={"config": cfg.name})
     cols = ["method", "decomposer", "accuracy", "cost_per_query", "reward", "latency_per_query", "calls_per_query", "aiq"]
     table = wandb.Table(columns=cols)
@@ -163,9 +164,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     console = make_console()
-    out = Path(args.out) if args.out else Path(cfg.run_dir) / "eval"
+    out = Path(args.out) if args.out else cfg.run_path / "eval"
     routers = dict(r.split("=", 1) if "=" in r else (Path(r).name, r) for r in args.router)
-    results = evaluate(cfg, args.methods or cfg.eval.methods, args.limit or cfg.eval.limit, out, console, routers)
+    with synced(cfg):
+        results = evaluate(cfg, args.methods or cfg.eval.methods, args.limit or cfg.eval.limit, out, console, routers)
     console.print(report.markdown_table(results), markup=False)
     console.print(f"results: {out / 'results.json'}  plot: {out / 'pareto.png'}  ({results['wall_seconds']}s)")
     return results

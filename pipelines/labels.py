@@ -31,7 +31,7 @@ from benchmarks.tasks.base import Example, Task
 from core.config import Config, config_from_args, config_parser
 from core.console import console as make_console
 from core.prompts import SEP
-from pipelines.runs import labels_path
+from pipelines.runs import labels_path, synced
 from policies.parsers import Decomposition
 from policies.reason import Trajectory, areason_batch
 from policies.router import AllocateDecision, BaseRouter, DecomposeDecision
@@ -193,7 +193,7 @@ def read_labels(cfg: Config) -> list[dict]:
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = config_from_args(config_parser(__doc__).parse_args(argv))
     console = make_console()
-    with pool_session(cfg) as (pool, model_ids), Progress(console=console) as progress:
+    with synced(cfg), pool_session(cfg) as (pool, model_ids), Progress(console=console) as progress:
         return write_labels(cfg, pool, model_ids, console, progress)
 
 

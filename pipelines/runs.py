@@ -1,25 +1,48 @@
 """Where a run's outputs live, and the one home of what stages share: the reward's `cost_ref`
-(computed once on the train split, stored with the run, reused by training and evaluation)."""
+(computed once on the train split, stored with the run, reused by training and evaluation).
+
+`synced(cfg)` wraps a stage whose `run_dir` / `zoo.dir` may be URIs: it brings their staging copies up to
+date on entry (the URI is the truth: local files it lacks go) and uploads what the stage wrote on exit,
+whether it succeeded or not. Stages that must survive a kill (training's checkpoints) push as they go."""
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks.tasks import Task
 from core.config import Config
+from core.storage import Storage
 from policies.baselines import Context, reference_cost
 
 COST_REF = "cost_ref.json"
 ROUTER_META = "router.json"
 
 
+def storages(cfg: Config) -> list[Storage]:
+    """The run directory's storage, and the zoo's when it lives elsewhere."""
+    return [Storage(cfg.run_dir)] + ([Storage(cfg.zoo.dir)] if cfg.zoo.dir else [])
+
+
+@contextmanager
+def synced(cfg: Config) -> Iterator[Config]:
+    for store in storages(cfg):
+        store.pull(mirror=True)
+    try:
+        yield cfg
+    finally:
+        for store in storages(cfg):
+            store.push()
+
+
 def router_dir(cfg: Config, stage: str) -> Path:
-    return Path(cfg.run_dir) / "router" / stage
+    return cfg.run_path / "router" / stage
 
 
 def labels_path(cfg: Config) -> Path:
-    return Path(cfg.run_dir) / "labels" / "labels.jsonl"
+    return cfg.run_path / "labels" / "labels.jsonl"
 
 
 def init_dir(cfg: Config) -> Path:
@@ -36,7 +59,7 @@ def init_dir(cfg: Config) -> Path:
 def cost_ref(cfg: Config, pool, model_ids: list[str], tasks: dict[str, Task]) -> dict[str, float]:
     """Per task: the reference's mean cost per query on the first `train.cost_ref_queries` train queries.
     Stored in `<run_dir>/cost_ref.json` with what it was computed from, and recomputed when that changed."""
-    path = Path(cfg.run_dir) / COST_REF
+    path = cfg.run_path / COST_REF
     basis = {"model_ids": model_ids, "queries": cfg.train.cost_ref_queries, "split": "train"}
     stored = json.loads(path.read_text()) if path.exists() else {}
     per_task = stored.get("per_task", {}) if stored.get("basis") == basis else {}

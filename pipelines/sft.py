@@ -23,7 +23,7 @@ from actors.runtime import pool_session
 from core.config import Config, config_from_args, config_parser
 from core.console import console as make_console
 from pipelines.labels import read_labels, write_labels
-from pipelines.runs import init_dir, labels_path, router_dir, save_router_meta
+from pipelines.runs import init_dir, labels_path, router_dir, save_router_meta, synced
 from policies.parsers import format_decomposition
 from policies.router import TEMPLATES
 
@@ -95,7 +95,8 @@ def run_sft_stage(cfg: Config, console) -> Path:
 
 def main(argv: list[str] | None = None) -> Path:
     cfg = config_from_args(config_parser(__doc__).parse_args(argv))
-    return run_sft_stage(cfg, make_console())
+    with synced(cfg):
+        return run_sft_stage(cfg, make_console())
 
 
 if __name__ == "__main__":

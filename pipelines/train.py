@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import time
 import uuid
 from contextlib import ExitStack
@@ -33,7 +32,8 @@ from benchmarks.tasks import TASKS, build_world
 from core.checkpoints import latest_valid, prune, step_dir, write_manifest
 from core.config import Config, config_from_args, config_parser
 from core.console import console as make_console
-from pipelines.runs import cost_ref, router_dir, save_router_meta
+from core.storage import delete_staged, push_staged
+from pipelines.runs import cost_ref, router_dir, save_router_meta, synced
 from policies.grpo import training_items
 from policies.reward import reward
 
@@ -76,7 +76,7 @@ def plot_curves(history: list[dict], path: Path, window: int = 10) -> None:
 class Trainer:
     def __init__(self, cfg: Config, console, resume: bool = False):
         self.cfg, self.console = cfg, console
-        self.out = Path(cfg.run_dir) / f"train{cfg.train.suffix}"
+        self.out = cfg.run_path / f"train{cfg.train.suffix}"
         self.ckpt_root = self.out / "checkpoints"
         self.history_path = self.out / "history.jsonl"
         sft = router_dir(cfg, "sft")
@@ -100,8 +100,8 @@ class Trainer:
         if resume:
             self._resume()
         else:  # a fresh run starts afresh
-            self.history_path.unlink(missing_ok=True)
-            shutil.rmtree(self.ckpt_root, ignore_errors=True)
+            delete_staged(self.history_path)
+            delete_staged(self.ckpt_root)
         self.published = {name: self._publish(name) for name in POLICIES}
         self.stale = set(POLICIES)  # policies the workers do not hold yet (all at start, e.g. after resume)
         if "cost_ref" not in self.state:
@@ -142,7 +142,7 @@ class Trainer:
         import wandb  # lazy: optional and heavy, only when W&B is on
 
         self.state.setdefault("wandb_id", uuid.uuid4().hex[:8])
-        return wandb.init(project=self.cfg.wandb.project, mode=self.cfg.wandb.mode, dir=self.cfg.run_dir,
+        return wandb.init(project=self.cfg.wandb.project, mode=self.cfg.wandb.mode, dir=str(self.cfg.run_path),
                           id=self.state["wandb_id"], resume="allow", job_type="train",
                           config=self.cfg.model_dump())
 
@@ -224,11 +224,13 @@ class Trainer:
         """The learner's state and the driver's (its own step included) in a new step folder, valid once
         its manifest is written; older ones beyond `train.keep_checkpoints` go."""
         ckpt = step_dir(self.ckpt_root, self.state["step"])
-        shutil.rmtree(ckpt, ignore_errors=True)  # a partial one from a killed run
+        delete_staged(ckpt)  # a partial one from a killed run
         ckpt.mkdir(parents=True)
-        self.learner.save_checkpoint(str(ckpt), self.state)
-        write_manifest(ckpt, {"step": self.state["step"]})
-        prune(self.ckpt_root, self.cfg.train.keep_checkpoints)
+        files = self.learner.save_checkpoint(str(ckpt), self.state)  # each rank uploads its own files
+        push_staged(write_manifest(ckpt, {"step": self.state["step"]}, files))  # the manifest last
+        push_staged(self.history_path)
+        for old in prune(self.ckpt_root, self.cfg.train.keep_checkpoints):
+            delete_staged(old)
         return ckpt
 
     def fit(self, steps: int | None = None, progress=None) -> list[dict]:
@@ -324,10 +326,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.dry_run:
         raise SystemExit(dry_run(cfg, console, args.cluster))
     start = time.perf_counter()
-    trainer = Trainer(cfg, console, resume=args.resume)
-    with Progress(console=console) as progress:
-        history = trainer.fit(progress=progress)
-    trainer.close()
+    with synced(cfg):
+        trainer = Trainer(cfg, console, resume=args.resume)
+        try:
+            with Progress(console=console) as progress:
+                history = trainer.fit(progress=progress)
+        finally:
+            trainer.close()
     if history:
         phases = {p: [h for h in history if h["phase"] == p] for p in POLICIES}
         for p, hs in phases.items():

@@ -18,6 +18,7 @@ from actors.cost import rate_for
 from actors.zoo import CARD, cached_entry, train_worker
 from core.config import Config, PriceConfig, config_from_args, config_parser
 from core.console import console
+from pipelines.runs import synced
 
 
 def run_zoo(cfg: Config, out=None) -> dict:
@@ -85,7 +86,8 @@ def card_table(card: dict):
 def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_args(config_parser(__doc__).parse_args(argv))
     out = console()
-    card = run_zoo(cfg, out)
+    with synced(cfg):
+        card = run_zoo(cfg, out)
     out.print(card_table(card))
     out.print(f"card: {cfg.zoo_dir / CARD}")
     return card

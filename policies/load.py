@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.config import Config
+from core.storage import local_copy
 from policies.policy_lm import PolicyLM
 from policies.router import PolicyRouter
 
@@ -12,7 +13,7 @@ from policies.router import PolicyRouter
 def trained_router(cfg: Config, path: str | Path, model_ids: list[str], label: str,
                    temperature: float = 0.0) -> PolicyRouter:
     """A trained router folder (`allocator/`, and `decomposer/` when one was trained) as a `PolicyRouter`."""
-    path = Path(path)
+    path = local_copy(path)
     if not (path / "allocator").exists():
         raise FileNotFoundError(f"no trained router at {path} (expected {path / 'allocator'})")
     dec = PolicyLM.from_pretrained(path / "decomposer") if (path / "decomposer").exists() else None
