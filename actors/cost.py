@@ -75,6 +75,7 @@ class LedgerEntry:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    usage_missing: int = 0  # calls whose tokens nobody counted (Usage.source "missing"): cost understated
 
 
 class CostLedger:
@@ -89,6 +90,7 @@ class CostLedger:
         e.prompt_tokens += usage.prompt_tokens
         e.completion_tokens += usage.completion_tokens
         e.cost_usd += cost_usd
+        e.usage_missing += usage.source == "missing"
 
     @property
     def total_usd(self) -> float:
@@ -99,4 +101,5 @@ class CostLedger:
             "models": {m: vars(e).copy() for m, e in self.entries.items()},
             "total_usd": self.total_usd,
             "calls": sum(e.calls for e in self.entries.values()),
+            "usage_missing": sum(e.usage_missing for e in self.entries.values()),
         }

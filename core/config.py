@@ -143,7 +143,8 @@ class PoolModelConfig(Strict):
 
     id: str
     backend: Literal["hf", "openai", "vllm"] = "hf"
-    path: str | None = None  # local HF folder (hf, vllm)
+    path: str | None = None  # local HF folder (hf, vllm); openai: optional, its tokenizer counts tokens of
+    # calls whose usage the endpoint does not report
     url: str | None = None  # OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (openai)
     remote_model: str | None = None  # the model name at that endpoint (default: id)
     api_key_env: str | None = None  # env var holding the API key (openai)
@@ -151,7 +152,8 @@ class PoolModelConfig(Strict):
     max_retries: int = Field(3, ge=0)
     price: PriceConfig
     replicas: int | None = Field(None, ge=1)
-    chat: bool = False  # an instruct model: prompts go through its tokenizer's chat template (hf)
+    chat: bool = False  # an instruct model: each prompt is one user turn (hf: through its tokenizer's chat
+    # template; openai: sent to /v1/chat/completions, where the server applies the template)
     shape: ModelShape | None = None  # a self-hosted model's shape, for the memory model (pipelines.train --dry-run)
 
     @model_validator(mode="after")
@@ -175,10 +177,13 @@ class PoolConfig(Strict):
 
 class ReasonConfig(Strict):
     """The chain's procedural review: a step whose `alpha`-quantile token probability is below `tau`
-    is re-run on the next tier up (at most `max_escalations` times)."""
+    is re-run on the next tier up (at most `max_escalations` times). A step whose model returned no
+    log-probs (a hosted chat API that does not give them) has confidence `confidence_without_logprobs`:
+    1.0, the default, trusts its answer (never escalated); 0.0 always escalates it."""
 
     alpha: float = Field(0.1, ge=0, le=1)
     tau: float = Field(0.5, ge=0, le=1)
+    confidence_without_logprobs: float = Field(1.0, ge=0, le=1)
     max_escalations: int = Field(1, ge=0)
     max_steps: int = Field(6, ge=1)
     decompose_max_tokens: int = Field(24, ge=1)
@@ -300,8 +305,16 @@ class PlanConfig(Strict):
 
 
 class ServeConfig(Strict):
+    """The HTTP endpoints (pipelines.serve). Requests with a body over `max_body_bytes` get a 413 and
+    ones asking for more than `max_tokens_limit` new tokens a 400. With `api_key_env` set, the named
+    environment variable holds the API key every request must carry (`Authorization: Bearer KEY`);
+    without it the endpoint is open, so binding a non-loopback `host` logs a warning."""
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    max_tokens_limit: int = Field(2048, ge=1)
+    api_key_env: str | None = None
 
 
 class WandbConfig(Strict):

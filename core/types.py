@@ -20,8 +20,15 @@ class SamplingParams:
 
 @dataclass
 class Usage:
+    """Token counts of one call. `source` says who counted them: "reported" by the engine or endpoint
+    that ran the model; "tokenizer": the endpoint reported none, so they were counted here with the
+    model's local tokenizer (an estimate: a hosted model's own tokenizer may differ); "missing": nobody
+    could count them (prompt_tokens is 0; completion_tokens is the number of tokens that came back with
+    log-probs, else 0), so the call's cost is understated; the pool's ledger counts such calls."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    source: str = "reported"
 
     @property
     def total_tokens(self) -> int:

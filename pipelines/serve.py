@@ -12,13 +12,15 @@ one choice per prompt), `max_tokens` (default 16), `temperature` (default 1; 0 =
 `seed`, `logprobs` (any int >= 0 returns the chosen tokens' log-probs; no alternatives), `n` (1 only),
 and vLLM's `return_tokens_as_token_ids` extension (logprobs tokens as "token_id:123"). Features the pool
 cannot honour (streaming, echo, stop sequences, best_of, suffix, penalties, logit_bias) are refused with
-a 400 rather than ignored. Errors use the OpenAI error format: 400 for an invalid body, 404 for an
-unknown model, 500 when the pool fails.
+a 400 rather than ignored. Errors use the OpenAI error format: 400 for an invalid body or `max_tokens`
+over `serve.max_tokens_limit`, 401 without the API key (when `serve.api_key_env` is set), 404 for an
+unknown model, 413 for a body over `serve.max_body_bytes`, and 500 when the pool fails: a generic
+message with the request id, the cause in the Serve replica's log (pipelines.openai_api).
 
 The command blocks until Ctrl-C. `build_app` and `run_pool_endpoint` start the same thing in-process.
 """
-# no `from __future__ import annotations` here: FastAPI must see the request model's real annotation
-# through Serve's ingress wrapper, or it reads the body parameter as a query parameter
+# no `from __future__ import annotations` here: FastAPI must see the handlers' real annotations (the
+# request model), or it reads the body parameter as a query parameter
 import argparse
 import asyncio
 import os
@@ -28,17 +30,16 @@ import time
 import uuid
 from typing import Any, NamedTuple
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.exceptions import RayError
 
 from actors.pool import pool_models, start_pool
 from actors.runtime import init_ray
-from core.config import Config, add_config_args, config_from_args
+from core.config import Config, ServeConfig, add_config_args, config_from_args
 from core.types import Completion, SamplingParams
+from pipelines.openai_api import APIError, api_key, check_max_tokens, harden
 
 POOL_APP = "pool"
 
@@ -94,42 +95,16 @@ class CompletionRequest(BaseModel):
                               seed=self.seed)
 
 
-def openai_error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status,
-                        content={"error": {"message": message, "type": type_, "param": param, "code": code}})
-
-
-def _validation_message(err: RequestValidationError) -> tuple[str, str | None]:
-    parts, first_param = [], None
-    for e in err.errors():
-        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
-        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
-        where = ".".join(loc)
-        first_param = first_param or (loc[0] if loc else None)
-        parts.append(f"{where}: {msg}" if where else msg)
-    return "invalid request: " + "; ".join(parts), first_param
-
-
 # -- the app ---------------------------------------------------------------------------------------------
-app = FastAPI(title="r2-reasoner model pool", description="OpenAI-compatible completions over the pool")
+class PoolAPI:
+    """The endpoint's handlers: forward OpenAI-style requests to the pool actor. `tokenizer_paths` (model
+    id -> local tokenizer folder) lets logprobs carry token strings; without one, tokens are given as
+    "token_id:123". Each Serve replica holds its own copy."""
 
-
-@app.exception_handler(RequestValidationError)
-async def _invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
-    message, param = _validation_message(err)
-    return openai_error(400, message, param=param)
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
-@serve.ingress(app)
-class PoolIngress:
-    """Forwards OpenAI-style requests to the pool actor. `tokenizer_paths` (model id -> local tokenizer
-    folder) lets logprobs carry token strings; without one, tokens are given as "token_id:123"."""
-
-    def __init__(self, pool: Any, tokenizer_paths: dict[str, str] | None = None):
+    def __init__(self, pool: Any, tokenizer_paths: dict[str, str] | None = None, cfg: ServeConfig | None = None):
         self.pool = pool
         self.tokenizer_paths = dict(tokenizer_paths or {})
+        self.cfg = cfg or ServeConfig()
         self.tokenizers: dict[str, Any] = {}
         self.created = int(time.time())
         self._model_ids: list[str] | None = None
@@ -149,24 +124,23 @@ class PoolIngress:
             self.tokenizers[model_id] = await asyncio.to_thread(AutoTokenizer.from_pretrained, path)
         return [str(t) for t in self.tokenizers[model_id].convert_ids_to_tokens(ids)]
 
-    @app.get("/v1/models")
     async def list_models(self) -> dict:
         return {"object": "list", "data": [
             {"id": m, "object": "model", "created": self.created, "owned_by": "r2-reasoner"}
             for m in await self.model_ids()
         ]}
 
-    @app.post("/v1/completions")
     async def completions(self, req: CompletionRequest) -> Any:
         ids = await self.model_ids()
         if req.model not in ids:
-            return openai_error(404, f"The model {req.model!r} does not exist; this pool serves {ids}",
-                                param="model", code="model_not_found")
+            raise APIError(404, f"The model {req.model!r} does not exist; this pool serves {ids}",
+                           param="model", code="model_not_found")
+        check_max_tokens(req.max_tokens, self.cfg)
         try:
             outs: list[Completion] = await self.pool.generate.remote(
                 req.model, req.prompts, req.sampling_params())
-        except RayError as err:  # a failing model or actor: report it, keep serving
-            return openai_error(500, f"model {req.model!r} failed: {err}", type_="server_error")
+        except RayError as err:  # a failing model or actor: report it (no internals), keep serving
+            raise APIError(500, f"model {req.model!r} failed") from err
         choices = []
         for i, c in enumerate(outs):
             logprobs = None
@@ -186,9 +160,25 @@ class PoolIngress:
         }
 
 
-def build_app(pool_handle: Any, tokenizer_paths: dict[str, str] | None = None) -> serve.Application:
-    """The Serve application for a running pool actor (bound at build time)."""
-    return PoolIngress.bind(pool_handle, tokenizer_paths or {})
+def pool_api(pool_handle: Any, tokenizer_paths: dict[str, str] | None = None,
+             cfg: ServeConfig | None = None) -> FastAPI:
+    """The pool's OpenAI-compatible FastAPI app, hardened per `cfg` (limits, API key)."""
+    cfg = cfg or ServeConfig()
+    api = PoolAPI(pool_handle, tokenizer_paths, cfg)
+    app = harden(FastAPI(title="r2-reasoner model pool", description="OpenAI-compatible completions over the pool"),
+                 cfg)
+    app.add_api_route("/v1/models", api.list_models, methods=["GET"])
+    app.add_api_route("/v1/completions", api.completions, methods=["POST"])
+    return app
+
+
+def build_app(pool_handle: Any, tokenizer_paths: dict[str, str] | None = None,
+              cfg: ServeConfig | None = None) -> serve.Application:
+    """The Serve application for a running pool actor (bound at build time; the API key, if any, is
+    read from the environment here)."""
+    ingress = serve.deployment(serve.ingress(pool_api(pool_handle, tokenizer_paths, cfg))(), name="PoolIngress",
+                               ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+    return ingress.bind()
 
 
 def tokenizer_paths(cfg: Config) -> dict[str, str]:
@@ -205,11 +195,12 @@ def run_pool_endpoint(cfg: Config, blocking: bool = True, pool: Any = None) -> P
     """Start Ray (or join RAY_ADDRESS), the pool (unless `pool` is given) and the Serve app on
     cfg.serve.host:cfg.serve.port. With `blocking`, serve until Ctrl-C/SIGTERM, then shut Serve down."""
     paths = tokenizer_paths(cfg)  # also checks the pool's models exist, before Ray starts
+    api_key(cfg.serve)  # and that a key variable the config names is set
     init_ray()
     if pool is None:
         pool = start_pool(cfg, name="pool")
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(build_app(pool, paths), name=POOL_APP, route_prefix="/", blocking=False)
+    serve.run(build_app(pool, paths, cfg.serve), name=POOL_APP, route_prefix="/", blocking=False)
     endpoint = PoolEndpoint(f"http://{cfg.serve.host}:{cfg.serve.port}/v1", pool)
     if blocking:
         print(f"pool endpoint: {endpoint.url}  (GET /v1/models, POST /v1/completions); Ctrl-C to stop",

@@ -18,9 +18,12 @@ from core.types import Completion, SamplingParams
 from policies.router import AllocateDecision, BaseRouter, DecomposeDecision
 
 
-def step_confidence(logprobs: list[float], alpha: float) -> float:
-    """The alpha-quantile of a step's token probabilities (0 when nothing was generated)."""
-    return float(np.quantile(np.exp(logprobs), alpha)) if logprobs else 0.0
+def step_confidence(logprobs: list[float], alpha: float, without_logprobs: float = 1.0) -> float:
+    """The alpha-quantile of a step's token probabilities. Tokens without a log-prob (NaN: the server
+    gave none for them) are left out; when no token has one (a server that gives no log-probs), the
+    confidence is `without_logprobs` (ReasonConfig.confidence_without_logprobs)."""
+    known = [x for x in logprobs if not np.isnan(x)]
+    return float(np.quantile(np.exp(known), alpha)) if known else without_logprobs
 
 
 @dataclass
@@ -92,9 +95,9 @@ class Trajectory:
         return {**asdict(self), **self.summary()}
 
 
-def _call(c: Completion, alpha: float) -> Call:
+def _call(c: Completion, cfg: ReasonConfig) -> Call:
     return Call(c.model_id, c.text, c.usage.prompt_tokens, c.usage.completion_tokens, c.latency_s, c.cost_usd,
-                step_confidence(c.token_logprobs, alpha))
+                step_confidence(c.token_logprobs, cfg.alpha, cfg.confidence_without_logprobs))
 
 
 async def areason_batch(examples: list[Example], router: BaseRouter, pool, task: Task, cfg: ReasonConfig,
@@ -121,7 +124,7 @@ async def areason_batch(examples: list[Example], router: BaseRouter, pool, task:
             outs = await asyncio.gather(*(
                 pool.generate.remote(model_ids[tiers[j]], [records[j].prompt], params) for j in pending))
             for j, [out] in zip(pending, outs):
-                records[j].calls.append(_call(out, cfg.alpha))
+                records[j].calls.append(_call(out, cfg))
             # procedural review: escalate low-confidence steps one tier up
             pending = [j for j in pending if records[j].confidence < cfg.tau and tiers[j] < top]
             if not pending or attempt == cfg.max_escalations:
@@ -138,7 +141,7 @@ async def areason_batch(examples: list[Example], router: BaseRouter, pool, task:
     for (i, p), [out] in zip(finals, outs):
         t = trajs[i]
         t.steps.append(StepRecord("final answer", p, AllocateDecision(t.steps[-1].allocation.tier),
-                                  [_call(out, cfg.alpha)]))
+                                  [_call(out, cfg)]))
     for ex, t in zip(examples, trajs):
         t.answer = task.final_answer(ex, [s.answer for s in t.steps])
         t.correct = task.score(t.answer, ex) if ex.answer is not None else float("nan")

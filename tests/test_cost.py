@@ -42,6 +42,9 @@ def test_ledger_sums_calls():
     led.add("a", Usage(3, 2), 0.5)
     led.add("a", Usage(1, 1), 0.25)
     led.add("b", Usage(4, 0), 1.0)
+    led.add("b", Usage(0, 3, source="missing"), 0.0)  # an endpoint that reported no usage
     snap = led.snapshot()
-    assert snap["total_usd"] == pytest.approx(1.75) and snap["calls"] == 3
-    assert snap["models"]["a"] == {"calls": 2, "prompt_tokens": 4, "completion_tokens": 3, "cost_usd": 0.75}
+    assert snap["total_usd"] == pytest.approx(1.75) and snap["calls"] == 4 and snap["usage_missing"] == 1
+    assert snap["models"]["a"] == {"calls": 2, "prompt_tokens": 4, "completion_tokens": 3, "cost_usd": 0.75,
+                                   "usage_missing": 0}
+    assert snap["models"]["b"]["usage_missing"] == 1

@@ -1,18 +1,24 @@
-"""The openai backend against a scripted local /v1/completions server: retries, timeouts, errors."""
+"""The openai backend against a scripted local OpenAI-compatible server (/v1/completions and
+/v1/chat/completions): retries, timeouts, errors, chat models, responses without log-probs or usage, and
+the chain's confidence rule on models without log-probs."""
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import pytest
 
 from actors.backends import make_backend
 from actors.backends.openai import EndpointError, OpenAIBackend, parse_token_ids
 from core.types import SamplingParams
+from policies.reason import step_confidence
 
 
 def answer(prompt: str) -> dict:
@@ -29,14 +35,19 @@ def answer(prompt: str) -> dict:
 
 class Script:
     """What the server does: fail with `failures` (status codes, in order) before answering; optionally
-    sleep `delay_s` per request; optionally reject the token-id extension."""
+    sleep `delay_s` per request; optionally reject the token-id extension or `logprobs` with a 400, or
+    answer without log-probs (`logprobs=False`) or without usage (`usage=False`)."""
 
     def __init__(self, failures: list[int] | None = None, delay_s: float = 0.0, retry_after_ms: int | None = 5,
-                 reject_extension: bool = False):
+                 reject_extension: bool = False, reject_logprobs: bool = False, logprobs: bool = True,
+                 usage: bool = True):
         self.failures = list(failures or [])
         self.delay_s = delay_s
         self.retry_after_ms = retry_after_ms
         self.reject_extension = reject_extension
+        self.reject_logprobs = reject_logprobs
+        self.logprobs = logprobs
+        self.usage = usage
         self.requests: list[dict] = []
         self.times: list[float] = []
         self.lock = threading.Lock()
@@ -70,7 +81,7 @@ def make_handler(script: Script) -> type[BaseHTTPRequestHandler]:
                 failure = script.failures.pop(0) if script.failures else None
             if script.delay_s:
                 time.sleep(script.delay_s)
-            if self.path != "/v1/completions":
+            if self.path not in ("/v1/completions", "/v1/chat/completions"):
                 self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
                 return
             if failure is not None:
@@ -78,20 +89,36 @@ def make_handler(script: Script) -> type[BaseHTTPRequestHandler]:
                 self._send(failure, {"error": {"message": f"scripted failure {failure}", "type": "server"}},
                            headers)
                 return
-            if script.reject_extension and "return_tokens_as_token_ids" in body:
-                self._send(400, {"error": {"message": "Unrecognized request argument supplied: "
-                                           "return_tokens_as_token_ids", "type": "invalid_request_error"}})
-                return
-            a = answer(body["prompt"])
+            for refused, field in [(script.reject_extension, "return_tokens_as_token_ids"),
+                                   (script.reject_logprobs, "logprobs")]:
+                if refused and field in body:
+                    self._send(400, {"error": {"message": f"Unrecognized request argument supplied: {field}",
+                                               "type": "invalid_request_error"}})
+                    return
+            chat = self.path == "/v1/chat/completions"
+            if chat:
+                [message] = body["messages"]
+                assert message["role"] == "user" and "prompt" not in body and "max_tokens" not in body
+                prompt = message["content"]
+            else:
+                prompt = body["prompt"]
+            a = answer(prompt)
             as_ids = body.get("return_tokens_as_token_ids")
             tokens = [f"token_id:{i}" for i in a["ids"]] if as_ids else [*a["text"].split(), "</s>"]
-            self._send(200, {
-                "id": "cmpl-test", "object": "text_completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "text": a["text"], "finish_reason": "stop", "logprobs": {
+            with_logprobs = script.logprobs and body.get("logprobs") not in (None, False)
+            if chat:
+                choice = {"index": 0, "message": {"role": "assistant", "content": a["text"]}, "finish_reason": "stop",
+                          "logprobs": {"content": [{"token": t, "logprob": lp, "bytes": None, "top_logprobs": []}
+                                                   for t, lp in zip(tokens, a["logprobs"])]} if with_logprobs else None}
+            else:
+                choice = {"index": 0, "text": a["text"], "finish_reason": "stop", "logprobs": {
                     "tokens": tokens, "token_logprobs": a["logprobs"], "top_logprobs": None,
-                    "text_offset": None}}],
+                    "text_offset": None} if with_logprobs else None}
+            self._send(200, {
+                "id": "cmpl-test", "object": "chat.completion" if chat else "text_completion", "created": 0,
+                "model": body["model"], "choices": [choice],
                 "usage": {"prompt_tokens": a["prompt_tokens"], "completion_tokens": len(a["ids"]),
-                          "total_tokens": a["prompt_tokens"] + len(a["ids"])},
+                          "total_tokens": a["prompt_tokens"] + len(a["ids"])} if script.usage else None,
             })
 
     return Handler
@@ -230,3 +257,120 @@ def test_parse_token_ids() -> None:
     assert parse_token_ids(["token_id:3", "token_id:17"]) == [3, 17]
     assert parse_token_ids(["token_id:3", "jump"]) == []
     assert parse_token_ids(None) == [] and parse_token_ids([]) == []
+
+
+# -- chat models ---------------------------------------------------------------------------------------------
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}"
+                 "{% if add_generation_prompt %}= {% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> str:
+    """A local word-level tokenizer with a chat template: "[BOS]user <prompt> =" for one user turn."""
+    from policies.tiny_lm import build_tokenizer
+
+    tok = build_tokenizer(["user", "jump", "walk", "run", "look", "left", "twice", "around"])
+    tok.chat_template = CHAT_TEMPLATE
+    path = tmp_path_factory.mktemp("tokenizer")
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_chat_model_uses_chat_completions(serve_script) -> None:
+    script = Script(failures=[503])
+    b = backend(serve_script(script), chat=True, remote_model="chat-model")
+    assert b.endpoint.endswith("/v1/chat/completions")
+    prompts = ["jump twice =", "walk left ="]
+    for c, p in zip(b.generate(prompts, SamplingParams(max_new_tokens=5, seed=3)), prompts):
+        check(c, p)
+        assert c.usage.source == "reported"
+    req = script.requests[-1]
+    assert req["model"] == "chat-model" and req["max_completion_tokens"] == 5 and req["seed"] == 3
+    assert req["logprobs"] is True and req["return_tokens_as_token_ids"] is True and req["temperature"] == 0.0
+    assert sorted(r["messages"][0]["content"] for r in script.requests[1:]) == sorted(prompts)
+    b.close()
+
+
+def test_chat_model_without_logprobs(serve_script) -> None:
+    """A server that answers without log-probs: empty token_logprobs (and ids), the text and usage intact."""
+    [c] = backend(serve_script(Script(logprobs=False)), chat=True).generate(["jump twice ="], SamplingParams())
+    a = answer("jump twice =")
+    assert c.text == a["text"].strip() and c.token_logprobs == [] and c.token_ids == []
+    assert (c.usage.prompt_tokens, c.usage.completion_tokens, c.usage.source) == (a["prompt_tokens"], len(a["ids"]), "reported")
+
+
+def test_refused_logprobs_are_no_longer_asked_for(serve_script) -> None:
+    script = Script(reject_logprobs=True)
+    b = backend(serve_script(script), chat=True)
+    outs = b.generate(["jump =", "walk ="], SamplingParams())
+    assert [c.text for c in outs] == ["= jump", "= walk"] and all(c.token_logprobs == [] for c in outs)
+    assert not b.send_logprobs and "logprobs" not in script.requests[-1]
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_missing_usage_is_counted_with_the_tokenizer(serve_script, tokenizer_dir, chat) -> None:
+    prompt = "jump around left twice ="
+    a = answer(prompt)
+    words = len(prompt.split())
+    # what the server would have seen: [BOS] + the prompt, or [BOS] user + the prompt + the template's "="
+    prompt_tokens = 1 + words + (2 if chat else 0)
+    for logprobs in (True, False):
+        url = serve_script(Script(usage=False, logprobs=logprobs))
+        [c] = backend(url, chat=chat, path=tokenizer_dir).generate([prompt], SamplingParams())
+        assert c.text == a["text"].strip()
+        # with log-probs the tokens that came back; without, the reply's tokens plus the end-of-sequence token
+        assert (c.usage.prompt_tokens, c.usage.completion_tokens, c.usage.source) == (
+            prompt_tokens, words + 1, "tokenizer"), logprobs
+
+
+def test_missing_usage_without_tokenizer_is_flagged(serve_script) -> None:
+    [c] = backend(serve_script(Script(usage=False)), chat=True).generate(["jump twice ="], SamplingParams())
+    assert (c.usage.prompt_tokens, c.usage.completion_tokens, c.usage.source) == (0, 4, "missing")
+    [c] = backend(serve_script(Script(usage=False, logprobs=False))).generate(["jump ="], SamplingParams())
+    assert (c.usage.prompt_tokens, c.usage.completion_tokens, c.usage.source) == (0, 0, "missing")
+
+
+# -- the chain on a model without log-probs ------------------------------------------------------------------
+class BackendPool:
+    """Unit-test stand-in for the pool actor: `generate.remote` runs real backends in threads."""
+
+    def __init__(self, backends: dict[str, OpenAIBackend]):
+        self.backends = backends
+        self.generate = SimpleNamespace(remote=self._generate)
+
+    async def _generate(self, model_id: str, prompts: list[str], params: SamplingParams):
+        return await asyncio.to_thread(self.backends[model_id].generate, prompts, params)
+
+
+def test_step_confidence_without_logprobs() -> None:
+    assert step_confidence([-0.1, -0.2], alpha=0.0) == pytest.approx(math.exp(-0.2))
+    assert step_confidence([-0.1, float("nan"), -0.2], alpha=0.0) == pytest.approx(math.exp(-0.2))
+    assert step_confidence([], alpha=0.1) == 1.0
+    assert step_confidence([float("nan")], alpha=0.1, without_logprobs=0.25) == 0.25
+
+
+def test_chain_on_models_without_logprobs(serve_script) -> None:
+    """The procedural review on chat models that give no log-probs: confidence_without_logprobs decides
+    (1.0 by default: answers kept, no escalation; 0.0: every step escalated one tier up)."""
+    from benchmarks.tasks.scan import ScanTask
+    from core.config import ReasonConfig, ScanConfig
+    from policies.baselines import FixedRouter
+    from policies.reason import reason_batch
+    from policies.router import GoldDecomposition
+
+    url = serve_script(Script(logprobs=False))
+    pool = BackendPool({m: make_backend("openai", m, {"url": url, "chat": True}) for m in ("cheap", "dear")})
+    task = ScanTask(ScanConfig(n_test_commands=4), seed=0)
+    examples = task.load("test")
+    router = FixedRouter("tier0", GoldDecomposition(), lambda *_: 0)
+
+    trajs = reason_batch(examples, router, pool, task, ReasonConfig(), ["cheap", "dear"])
+    steps = [s for t in trajs for s in t.steps]
+    assert len(steps) >= len(examples)
+    for s in steps:
+        assert [c.model_id for c in s.calls] == ["cheap"] and s.confidence == 1.0
+        assert s.answer == answer(s.prompt)["text"].strip()
+
+    escalate = ReasonConfig(confidence_without_logprobs=0.0)
+    for t in reason_batch(examples, router, pool, task, escalate, ["cheap", "dear"]):
+        assert all([c.model_id for c in s.calls] == ["cheap", "dear"] and s.confidence == 0.0 for s in t.steps)

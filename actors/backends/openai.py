@@ -1,11 +1,17 @@
-"""openai backend: any OpenAI-compatible `/v1/completions` endpoint (vLLM, `pipelines.serve pool`, a
-hosted API), through the official `openai` client.
+"""openai backend: any OpenAI-compatible endpoint (vLLM, `pipelines.serve pool`, a hosted API), through the
+official `openai` client: `/v1/completions`, or `/v1/chat/completions` for a chat model (`chat: true`).
 
 spec keys (PoolModelConfig): `url` (base URL, e.g. http://127.0.0.1:8000/v1), `remote_model` (the
 model name at that endpoint; default: the pool model id), `api_key_env` (name of the environment
-variable holding the key; "EMPTY" when unset, as local servers expect), `timeout_s`, `max_retries`.
+variable holding the key; "EMPTY" when unset, as local servers expect), `timeout_s`, `max_retries`,
+`chat`, and `path` (optional: a local tokenizer folder, see usage below).
 Optional spec keys (not in PoolModelConfig): `max_concurrency` (parallel requests, default 32) and
 `return_token_ids` (default true, see below).
+
+Chat models (`chat: true`): each prompt is sent as one user message, `messages=[{"role": "user",
+"content": prompt}]`, so the server applies the model's chat template; `max_tokens` goes as
+`max_completion_tokens`, and log-probs are asked for with `logprobs=true` (no alternatives) and read
+from `choices[0].logprobs.content`. The reply is `choices[0].message.content`.
 
 Retries are the openai client's own: a failed attempt is retried on 408/409/429/5xx, on timeouts and on
 connection errors, at most `max_retries` times, after a jittered exponential backoff (0.5 s doubling,
@@ -16,10 +22,18 @@ cause.
 
 Each prompt is its own request, issued concurrently from a thread pool, so every `Completion` carries
 the exact usage the server reported for it. Sampling: greedy is `temperature=0`; `seed` is passed when
-set. Log-probs are requested (`logprobs=1`) and the chosen tokens' log-probs returned. Token ids are
-returned when the server supports vLLM's `return_tokens_as_token_ids` extension (sent in the request
-body; tokens come back as "token_id:123"); otherwise `token_ids` is empty. A server that rejects the
-extension with a 400 naming it is asked again without it, and the backend stops sending it.
+set. Log-probs are requested (`logprobs=1`; chat: `logprobs=true`) and the chosen tokens' log-probs
+returned. Token ids are returned when the server supports vLLM's `return_tokens_as_token_ids` extension
+(sent in the request body; tokens come back as "token_id:123"); otherwise `token_ids` is empty.
+A server that rejects an optional request field with a 400 naming it (the token-id extension, or
+`logprobs`, which some hosted models refuse) is asked again without it, and the backend stops sending it.
+
+Without log-probs (refused, or a server that returns none) `token_logprobs` is empty; the chain then
+gives the step `ReasonConfig.confidence_without_logprobs` (policies.reason.step_confidence).
+Without usage in a response, tokens are counted with the tokenizer at `path` when one is configured
+(`Usage.source` "tokenizer": the prompt as the server would see it, with the chat template for a chat
+model; the reply's tokens, plus one end-of-sequence token when the model stopped) and are otherwise
+marked `Usage.source` "missing" (prompt_tokens 0), which the pool's ledger counts as `usage_missing`.
 """
 from __future__ import annotations
 
@@ -73,17 +87,21 @@ class OpenAIBackend(Backend):
         self.timeout_s = float(spec.get("timeout_s") or 30.0)
         self.max_retries = int(spec.get("max_retries") if spec.get("max_retries") is not None else 3)
         self.max_concurrency = int(spec.get("max_concurrency") or 32)
+        self.chat = bool(spec.get("chat"))
+        self.tokenizer_path = spec.get("path")
         self.send_token_ids = bool(spec.get("return_token_ids", True))
+        self.send_logprobs = True
         self.client = OpenAI(
             base_url=self.url, api_key=self.api_key, timeout=self.timeout_s, max_retries=self.max_retries,
         )
         self._executor: ThreadPoolExecutor | None = None
+        self._tokenizer: Any = None
         self._lock = threading.Lock()
 
     # -- helpers ---------------------------------------------------------------------------------------
     @property
     def endpoint(self) -> str:
-        return f"{self.url.rstrip('/')}/completions"
+        return f"{self.url.rstrip('/')}/{'chat/completions' if self.chat else 'completions'}"
 
     def _pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -95,15 +113,31 @@ class OpenAIBackend(Backend):
     def _request(self, prompt: str, params: SamplingParams) -> dict[str, Any]:
         greedy = params.greedy
         req: dict[str, Any] = {
-            "model": self.remote_model, "prompt": prompt, "max_tokens": params.max_new_tokens,
-            "temperature": 0.0 if greedy else params.temperature, "top_p": 1.0 if greedy else params.top_p,
-            "logprobs": 1, "n": 1,
+            "model": self.remote_model, "temperature": 0.0 if greedy else params.temperature,
+            "top_p": 1.0 if greedy else params.top_p, "n": 1,
         }
+        if self.chat:
+            req.update(messages=[{"role": "user", "content": prompt}], max_completion_tokens=params.max_new_tokens)
+        else:
+            req.update(prompt=prompt, max_tokens=params.max_new_tokens)
+        if self.send_logprobs:
+            req["logprobs"] = True if self.chat else 1
         if params.seed is not None:
             req["seed"] = params.seed
         if self.send_token_ids:
             req["extra_body"] = {TOKEN_ID_EXTENSION: True}
         return req
+
+    def _drop_rejected(self, req: dict[str, Any], message: str) -> bool:
+        """Stop sending an optional field of `req` that the server refused with a 400 naming it; True if
+        `req` had one (so asking again without it may succeed)."""
+        if TOKEN_ID_EXTENSION in req.get("extra_body", {}) and TOKEN_ID_EXTENSION in message:
+            self.send_token_ids = False
+            return True
+        if "logprobs" in req and "logprobs" in message:
+            self.send_logprobs = False
+            return True
+        return False
 
     def _fail(self, err: Exception) -> EndpointError:
         import openai  # lazy, as above
@@ -125,16 +159,43 @@ class OpenAIBackend(Backend):
             why = f"{type(err).__name__}: {err}"
         return EndpointError(f"{where} failed: {why}")
 
+    def _tokenizer_or_none(self) -> Any:
+        if self.tokenizer_path is None:
+            return None
+        with self._lock:
+            if self._tokenizer is None:
+                from transformers import AutoTokenizer  # lazy: only to count what the server did not
+
+                self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+            return self._tokenizer
+
+    def count_usage(self, prompt: str, text: str, tokens_back: int, finish_reason: str) -> Usage:
+        """Usage of a call whose response had none (see the module docstring)."""
+        tok = self._tokenizer_or_none()
+        if tok is None:
+            return Usage(prompt_tokens=0, completion_tokens=tokens_back, source="missing")
+        if self.chat and getattr(tok, "chat_template", None):
+            rendered = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                               add_generation_prompt=True)
+            prompt_tokens = len(tok(rendered, add_special_tokens=False).input_ids)
+        else:
+            prompt_tokens = len(tok(prompt).input_ids)
+        completion_tokens = tokens_back or (len(tok(text, add_special_tokens=False).input_ids)
+                                            + (finish_reason == "stop"))
+        return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, source="tokenizer")
+
+    def _create(self, req: dict[str, Any]) -> Any:
+        return (self.client.chat.completions if self.chat else self.client.completions).create(**req)
+
     def _one(self, prompt: str, params: SamplingParams) -> Completion:
         import openai  # lazy, as above
 
         start = time.perf_counter()
         req = self._request(prompt, params)
         try:
-            resp = self.client.completions.create(**req)
+            resp = self._create(req)
         except openai.BadRequestError as err:
-            if "extra_body" in req and TOKEN_ID_EXTENSION in str(err.message):
-                self.send_token_ids = False  # this server does not know the extension: stop sending it
+            if self._drop_rejected(req, str(err.message)):
                 return self._one(prompt, params)
             raise self._fail(err) from err
         except openai.OpenAIError as err:
@@ -143,18 +204,25 @@ class OpenAIBackend(Backend):
         if not resp.choices:
             raise EndpointError(f"openai backend {self.model_id!r}: POST {self.endpoint} returned no choices")
         choice = resp.choices[0]
-        lp = choice.logprobs
-        tokens = (lp.tokens if lp else None) or []
-        logprobs = [float("nan") if x is None else float(x) for x in ((lp.token_logprobs if lp else None) or [])]
-        ids = parse_token_ids(tokens)
+        text, tokens, raw = self._parse_choice(choice)
+        logprobs = [float("nan") if x is None else float(x) for x in raw]
+        finish_reason = choice.finish_reason or "stop"
         if resp.usage is not None:
             usage = Usage(prompt_tokens=resp.usage.prompt_tokens, completion_tokens=resp.usage.completion_tokens)
-        else:  # a server without usage: count what came back
-            usage = Usage(prompt_tokens=0, completion_tokens=len(tokens))
+        else:
+            usage = self.count_usage(prompt, text, len(tokens), finish_reason)
         return Completion(
-            text=(choice.text or "").strip(), token_ids=ids, token_logprobs=logprobs, usage=usage,
-            latency_s=latency, model_id=self.model_id, finish_reason=choice.finish_reason or "stop",
+            text=text.strip(), token_ids=parse_token_ids(tokens), token_logprobs=logprobs, usage=usage,
+            latency_s=latency, model_id=self.model_id, finish_reason=finish_reason,
         )
+
+    def _parse_choice(self, choice: Any) -> tuple[str, list[str], list[float | None]]:
+        """(text, tokens, their log-probs) of a completions or chat choice; no log-probs: empty lists."""
+        lp = choice.logprobs
+        if self.chat:
+            content = (lp.content if lp else None) or []
+            return choice.message.content or "", [t.token for t in content], [t.logprob for t in content]
+        return choice.text or "", (lp.tokens if lp else None) or [], (lp.token_logprobs if lp else None) or []
 
     # -- Backend ---------------------------------------------------------------------------------------
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
