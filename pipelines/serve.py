@@ -1,6 +1,10 @@
 """HTTP endpoints on Ray Serve.
 
     python -m pipelines.serve pool --config configs/tiny.yaml [--set serve.port=8000]
+    python -m pipelines.serve router --config configs/tiny.yaml --router runs/tiny/router/grpo
+
+`router` serves the trained router (pipelines.router_api: model `r2-router`, chat and completions, a
+per-request cost knob, the chain's details in the response) over the config's pool.
 
 `pool` starts Ray, the model pool (the named actor "pool") and an OpenAI-compatible API in front of it
 on `serve.host:serve.port`: `GET /v1/models` lists the pool's model ids (cheapest first) and
@@ -17,7 +21,8 @@ over `serve.max_tokens_limit`, 401 without the API key (when `serve.api_key_env`
 unknown model, 413 for a body over `serve.max_body_bytes`, and 500 when the pool fails: a generic
 message with the request id, the cause in the Serve replica's log (pipelines.openai_api).
 
-The command blocks until Ctrl-C. `build_app` and `run_pool_endpoint` start the same thing in-process.
+The commands block until Ctrl-C. `build_app`/`run_pool_endpoint` and `build_router_app`/
+`run_router_endpoint` start the same things in-process.
 """
 # no `from __future__ import annotations` here: FastAPI must see the handlers' real annotations (the
 # request model), or it reads the body parameter as a query parameter
@@ -38,10 +43,13 @@ from ray.exceptions import RayError
 from actors.pool import pool_models, start_pool
 from actors.runtime import init_ray
 from core.config import Config, ServeConfig, add_config_args, config_from_args
+from core.storage import local_copy
 from core.types import Completion, SamplingParams
 from pipelines.openai_api import APIError, api_key, check_max_tokens, harden
+from pipelines.router_api import MODEL_NAME, router_api
 
 POOL_APP = "pool"
+ROUTER_APP = "router"
 
 
 # -- request schema --------------------------------------------------------------------------------------
@@ -191,6 +199,34 @@ class PoolEndpoint(NamedTuple):
     pool: Any  # the pool actor's handle
 
 
+def build_router_app(cfg: Config, router_path: str | None, pool_handle: Any) -> serve.Application:
+    """The router's Serve application (pipelines.router_api) over a running pool."""
+    ingress = serve.deployment(serve.ingress(router_api(cfg, router_path, pool_handle))(), name="RouterIngress",
+                               ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+    return ingress.bind()
+
+
+def run_router_endpoint(cfg: Config, router_path: str | None, blocking: bool = True, pool: Any = None) -> PoolEndpoint:
+    """Start Ray (or join RAY_ADDRESS), the pool (unless `pool` is given) and the router's Serve app on
+    cfg.serve.host:cfg.serve.port. With `blocking`, serve until Ctrl-C/SIGTERM, then shut Serve down."""
+    pool_models(cfg)  # the pool's models exist, before Ray starts
+    api_key(cfg.serve)
+    router_path = str(local_copy(router_path)) if router_path else None
+    init_ray()
+    if pool is None:
+        pool = start_pool(cfg, name="pool")
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.run(build_router_app(cfg, router_path, pool), name=ROUTER_APP, route_prefix="/", blocking=False)
+    endpoint = PoolEndpoint(f"http://{cfg.serve.host}:{cfg.serve.port}/v1", pool)
+    if blocking:
+        print(f"router endpoint: {endpoint.url}  (model {MODEL_NAME!r}: POST /v1/chat/completions, "
+              f"/v1/completions); Ctrl-C to stop", flush=True)
+        _wait_for_interrupt()
+        print("shutting down", flush=True)
+        serve.shutdown()
+    return endpoint
+
+
 def run_pool_endpoint(cfg: Config, blocking: bool = True, pool: Any = None) -> PoolEndpoint:
     """Start Ray (or join RAY_ADDRESS), the pool (unless `pool` is given) and the Serve app on
     cfg.serve.host:cfg.serve.port. With `blocking`, serve until Ctrl-C/SIGTERM, then shut Serve down."""
@@ -236,17 +272,22 @@ def _check_port_free(host: str, port: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipelines.serve", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    pool = sub.add_parser("pool", help="serve the model pool as an OpenAI-compatible API")
-    add_config_args(pool)
+    add_config_args(sub.add_parser("pool", help="serve the model pool as an OpenAI-compatible API"))
+    router = sub.add_parser("router", help="serve the trained router as an OpenAI-compatible API (model r2-router)")
+    add_config_args(router)
+    router.add_argument("--router", metavar="DIR", help="a trained router folder or URI (default: router.path, "
+                                                        "else the config's untrained router)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
-    if args.command == "pool":
-        if not os.environ.get("RAY_ADDRESS"):  # a fresh local Ray: the port must be ours to take
-            _check_port_free(cfg.serve.host, cfg.serve.port)
-        try:
+    if not os.environ.get("RAY_ADDRESS"):  # a fresh local Ray: the port must be ours to take
+        _check_port_free(cfg.serve.host, cfg.serve.port)
+    try:
+        if args.command == "pool":
             run_pool_endpoint(cfg, blocking=True)
-        except (FileNotFoundError, ValueError) as err:  # a pool the config cannot build
-            raise SystemExit(f"error: {err}") from None
+        else:
+            run_router_endpoint(cfg, args.router or cfg.router.path, blocking=True)
+    except (FileNotFoundError, ValueError) as err:  # a pool or router the config cannot build
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

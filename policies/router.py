@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import abc
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -179,6 +180,28 @@ class PolicyRouter(BaseRouter):
         self.decomposer_name = label if decomposer is not None else "gold"
         self._gold = GoldDecomposition()
         self._prefix = "step 1:" if templates == "chat" else ""
+        self.cost_penalty: torch.Tensor | None = None  # per tier, subtracted from the allocator's log-probs
+
+    def with_cost_penalty(self, lam: float, prices: list[float]) -> PolicyRouter:
+        """This router (sharing its policies) whose allocator picks argmax_m [log pi(m | step) - lam * c_m],
+        c_m = tier m's price over the largest price: lam = 0 is the trained allocator, a larger lam trades
+        its preference for cheaper tiers. (For a fixed step the chosen tier's price never rises with lam.)"""
+        routed = copy.copy(self)
+        top = max(prices) or 1.0
+        routed.cost_penalty = torch.tensor([lam * p / top for p in prices], dtype=torch.float32)
+        return routed
+
+    def own_usage(self, decision: DecomposeDecision, allocation_prompts: list[str]) -> dict[str, dict[str, int]]:
+        """The router's own tokens for one query: the decomposer's prompt and generated tokens, and the
+        allocator's prompt plus every tier's candidate tokens (it scores them; it generates nothing)."""
+        dec = {"prompt_tokens": 0, "completion_tokens": 0}
+        if self.decomposer is not None and decision.sample is not None:
+            dec = {"prompt_tokens": len(self.decomposer.tokenizer(decision.prompt).input_ids),
+                   "completion_tokens": len(decision.sample.token_ids)}
+        tok = self.allocator.tokenizer
+        cands = sum(len(c) for c in self.actions.templates.candidates(self.model_ids, tok))
+        alloc = {"prompt_tokens": sum(len(tok(p).input_ids) + cands for p in allocation_prompts), "completion_tokens": 0}
+        return {"decomposer": dec, "allocator": alloc}
 
     def decompose(self, examples: list[Example], task: Task) -> list[DecomposeDecision]:
         if self.decomposer is None:
@@ -194,6 +217,8 @@ class PolicyRouter(BaseRouter):
         prompts = [self.actions.templates.allocate_prompt(t, self.model_ids[:n_tiers], tok) for t in step_texts]
         with torch.no_grad():
             logp = self.actions.tier_logprobs(self.allocator, prompts, n_tiers, self.temperature).cpu()
+        if self.cost_penalty is not None:
+            logp = (logp - self.cost_penalty[:n_tiers]).log_softmax(-1)
         if self.temperature > 0:
             tiers = torch.multinomial(logp.exp(), 1, generator=self.generator).squeeze(-1).tolist()
         else:
