@@ -37,7 +37,7 @@ from ray.exceptions import RayError
 
 from actors.pool import pool_models, start_pool
 from actors.runtime import init_ray
-from core.config import Config, add_config_args, config_from_args
+from core.config import Config, add_config_args, config_from_args, config_from_tree, load_config
 from core.types import Completion, SamplingParams
 
 POOL_APP = "pool"
@@ -256,6 +256,35 @@ def main(argv: list[str] | None = None) -> None:
             run_pool_endpoint(cfg, blocking=True)
         except (FileNotFoundError, ValueError) as err:  # a pool the config cannot build
             raise SystemExit(f"error: {err}") from None
+
+
+# -- an application for Serve configs (`serve deploy`, KubeRay's serveConfigV2) ----------------------------
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class PoolHost:
+    """Starts the config's pool and owns it, so the pool and its model servers live as long as this
+    replica. (An application builder runs in a one-off task: an actor it starts dies with that task.)
+    The health check fails when the pool has died; Serve then restarts the replica and the pool with it."""
+
+    def __init__(self, cfg_tree: dict):
+        self.pool = start_pool(config_from_tree(cfg_tree), name="pool")
+
+    async def check_health(self) -> None:
+        await self.pool.model_ids.remote()
+
+    async def model_ids(self) -> list[str]:
+        return await self.pool.model_ids.remote()
+
+    async def generate(self, model_id: str, prompts: list[str], params: SamplingParams) -> list[Completion]:
+        return await self.pool.generate.remote(model_id, prompts, params)
+
+
+def pool_app(args: dict) -> serve.Application:
+    """The pool endpoint as a Serve application builder (`import_path: pipelines.serve:pool_app`). `args`:
+    `config` (a config path, relative to the working directory) and optionally `set` (overrides)."""
+    if not isinstance(args, dict) or "config" not in args:
+        raise ValueError(f"pool_app: args need `config` (a config path), got {args!r}")
+    cfg = load_config(args["config"], args.get("set"))
+    return build_app(PoolHost.bind(cfg.model_dump()), tokenizer_paths(cfg))
 
 
 if __name__ == "__main__":
