@@ -128,6 +128,8 @@ class RouterAPI:
         async with self._lock:
             if self.router is not None:
                 return
+            if hasattr(self.pool, "resolve"):  # another application's pool, found from this replica
+                self.pool = self.pool.resolve()
             self.model_ids = list(await self.pool.model_ids.remote())
             described = await self.pool.describe.remote()
             self.prices = [float(d["input_per_m"] or 0) + float(d["output_per_m"] or 0) for d in described]

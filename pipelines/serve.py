@@ -42,7 +42,7 @@ from ray.exceptions import RayError
 
 from actors.pool import pool_models, start_pool
 from actors.runtime import init_ray
-from core.config import Config, ServeConfig, add_config_args, config_from_args
+from core.config import Config, ServeConfig, add_config_args, config_from_args, config_from_tree, load_config
 from core.storage import local_copy
 from core.types import Completion, SamplingParams
 from pipelines.openai_api import APIError, api_key, check_max_tokens, harden
@@ -288,6 +288,60 @@ def main(argv: list[str] | None = None) -> None:
             run_router_endpoint(cfg, args.router or cfg.router.path, blocking=True)
     except (FileNotFoundError, ValueError) as err:  # a pool or router the config cannot build
         raise SystemExit(f"error: {err}") from None
+
+
+# -- an application for Serve configs (`serve deploy`, KubeRay's serveConfigV2) ----------------------------
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class PoolHost:
+    """Starts the config's pool and owns it, so the pool and its model servers live as long as this
+    replica. (An application builder runs in a one-off task: an actor it starts dies with that task.)
+    The health check fails when the pool has died; Serve then restarts the replica and the pool with it."""
+
+    def __init__(self, cfg_tree: dict):
+        self.pool = start_pool(config_from_tree(cfg_tree), name="pool")
+
+    async def check_health(self) -> None:
+        await self.pool.model_ids.remote()
+
+    async def model_ids(self) -> list[str]:
+        return await self.pool.model_ids.remote()
+
+    async def describe(self) -> list[dict]:
+        return await self.pool.describe.remote()
+
+    async def generate(self, model_id: str, prompts: list[str], params: SamplingParams) -> list[Completion]:
+        return await self.pool.generate.remote(model_id, prompts, params)
+
+
+class PoolOfApp:
+    """The `PoolHost` of another Serve application, looked up in the replica that uses it."""
+
+    def __init__(self, app: str):
+        self.app = app
+
+    def resolve(self) -> Any:
+        return serve.get_deployment_handle("PoolHost", app_name=self.app)
+
+
+def _app_config(args: dict, builder: str) -> Config:
+    if not isinstance(args, dict) or "config" not in args:
+        raise ValueError(f"{builder}: args need `config` (a config path), got {args!r}")
+    return load_config(args["config"], args.get("set"))
+
+
+def pool_app(args: dict) -> serve.Application:
+    """The pool endpoint as a Serve application builder (`import_path: pipelines.serve:pool_app`). `args`:
+    `config` (a config path, relative to the working directory) and optionally `set` (overrides)."""
+    cfg = _app_config(args, "pool_app")
+    return build_app(PoolHost.bind(cfg.model_dump()), tokenizer_paths(cfg), cfg.serve)
+
+
+def router_app(args: dict) -> serve.Application:
+    """The router endpoint as a Serve application builder (`import_path: pipelines.serve:router_app`).
+    `args`: `config`, optionally `set`, `router` (a trained router folder or URI; default: router.path) and
+    `pool_app` (the name of the application whose pool it routes over, default "pool")."""
+    cfg = _app_config(args, "router_app")
+    return build_router_app(cfg, args.get("router") or cfg.router.path, PoolOfApp(args.get("pool_app", POOL_APP)))
 
 
 if __name__ == "__main__":
