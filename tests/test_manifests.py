@@ -417,9 +417,10 @@ def test_runtime_env_is_a_valid_ray_runtime_env():
 
 def test_runtime_env_installs_the_projects_dependencies_but_not_ray():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    want = {d for d in deps if not re.match(r"ray\b", d)}
-    assert set(runtime_env_file()["pip"]) == want, "cluster/runtime_env.yaml pip: pyproject.toml's dependencies, less ray"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    want = {d for d in project["dependencies"] if not re.match(r"ray\b", d)} | set(project["optional-dependencies"]["s3"])
+    assert set(runtime_env_file()["pip"]) == want, \
+        "cluster/runtime_env.yaml pip: pyproject.toml's dependencies, less ray, plus the s3 extra (run_dir on S3)"
 
 
 def _package(root: Path, out: Path, runtime_env: dict, include_gitignore: bool) -> set[str]:
