@@ -8,6 +8,7 @@ results read in paper dollars.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -50,6 +51,30 @@ def rate_for(price: PriceConfig) -> Rate:
     if price.gpu_hour_usd is not None:
         return Rate(gpu_usd_per_s=price.gpu_hour_usd * price.gpus / 3600.0)
     return Rate(price.input_per_m or 0.0, price.output_per_m or 0.0)
+
+
+def ladder_rate(params: int, ladder: list[tuple[int, Rate]]) -> Rate:
+    """The price of a model of `params` parameters on a price ladder of (parameters, rate) rungs:
+    log-linear in log parameters between the two rungs around it, the end rung's price beyond the ends."""
+    rungs = sorted(ladder)
+    if not rungs:
+        raise ValueError("an empty price ladder")
+    if params <= rungs[0][0]:
+        return rungs[0][1]
+    if params >= rungs[-1][0]:
+        return rungs[-1][1]
+    (p0, r0), (p1, r1) = next((a, b) for a, b in zip(rungs, rungs[1:]) if a[0] <= params <= b[0])
+    w = (math.log(params) - math.log(p0)) / (math.log(p1) - math.log(p0))
+
+    def mix(a: float, b: float) -> float:
+        return math.exp((1 - w) * math.log(a) + w * math.log(b)) if a > 0 and b > 0 else (1 - w) * a + w * b
+
+    return Rate(mix(r0.input_per_m, r1.input_per_m), mix(r0.output_per_m, r1.output_per_m))
+
+
+def usage_cost(usage: dict[str, int], rate: Rate) -> float:
+    """USD of {prompt_tokens, completion_tokens} at `rate`."""
+    return rate.cost(Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)), 0.0)
 
 
 class CostModel:

@@ -83,14 +83,20 @@ def pareto_png(methods: dict[str, dict], reference: str, path: Path, title: str)
 
 
 def markdown_table(results: dict) -> str:
+    """One row per method: pool cost, the router's own cost and the total, each against the reference."""
     ref = results["reference"]
     ref_cost = results["methods"][ref]["cost_per_query"]
-    rows = ["| method | decomposer | accuracy | $ / query | reward | latency s | calls | cost vs ref | AIQ |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    ref_total = results["methods"][ref].get("total_cost_per_query", ref_cost)
+    rows = ["| method | decomposer | accuracy | pool $ / query | router $ / query | reward | latency s | calls | "
+            "pool cost vs ref | total cost vs ref | AIQ |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in sorted(results["methods"].items(), key=lambda kv: kv[1]["cost_per_query"]):
         cut = 1 - m["cost_per_query"] / ref_cost if ref_cost else 0.0
+        own = m.get("router_cost_per_query", 0.0)
+        total_cut = 1 - m.get("total_cost_per_query", m["cost_per_query"]) / ref_total if ref_total else 0.0
         rows.append(
             f"| {name}{' (ref)' if name == ref else ''} | {m['decomposer']} | {m['accuracy']:.3f} | "
-            f"{m['cost_per_query']:.3g} | {m['reward']:.3f} | {m['latency_per_query']:.4f} | "
-            f"{m['calls_per_query']:.2f} | {-cut:+.1%} | {results['aiq'].get(name, float('nan')):.3f} |")
+            f"{m['cost_per_query']:.3g} | {own:.3g} | {m['reward']:.3f} | {m['latency_per_query']:.4f} | "
+            f"{m['calls_per_query']:.2f} | {-cut:+.1%} | {-total_cut:+.1%} | "
+            f"{results['aiq'].get(name, float('nan')):.3f} |")
     return "\n".join(rows)

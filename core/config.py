@@ -217,6 +217,8 @@ class RouterConfig(Strict):
     templates: Literal["tiny", "chat"] = "tiny"
     decomposer: Literal["policy", "gold"] = "gold"
     temperature: float = Field(0.0, ge=0)
+    # the router's own tokens' price; default: interpolated by its policies' size on the zoo's price ladder
+    price: PriceConfig | None = None
 
 
 class LabelsConfig(Strict):

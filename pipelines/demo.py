@@ -82,11 +82,12 @@ def run_demo(cfg: Config, limit: int | None, console) -> dict:
     for name in routers:
         m = results["methods"][name]
         line = (f"{name} vs {ref}: accuracy {-m['accuracy_loss_vs_reference'] * 100:+.1f} pt, "
-                f"cost {-m['cost_cut_vs_reference']:+.1%}")
+                f"pool cost {-m['cost_cut_vs_reference']:+.1%} "
+                f"(with the router's own cost {-m['cost_cut_vs_reference_with_router']:+.1%})")
         own = m.get("own_decomposition_reference")
         if own:
             line += (f"; vs {own['method']} (its own decomposition): accuracy {-own['accuracy_loss'] * 100:+.1f} pt, "
-                     f"cost {-own['cost_cut']:+.1%}")
+                     f"pool cost {-own['cost_cut']:+.1%} (with router {-own['cost_cut_with_router']:+.1%})")
         console.print(line)
     seeds = [m for m in results["methods"] if m == "r2" or m.startswith("r2-seed")]
     if len(seeds) > 1:

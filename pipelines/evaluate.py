@@ -16,10 +16,12 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from actors.cost import Rate, ladder_rate, rate_for, usage_cost
 from actors.runtime import pool_session
+from actors.zoo import CARD
 from benchmarks import report
 from benchmarks.tasks import build_world
-from core.config import Config, config_from_args, config_parser
+from core.config import Config, PriceConfig, config_from_args, config_parser
 from core.console import console as make_console
 from pipelines.runs import cost_ref as run_cost_ref
 from pipelines.runs import synced
@@ -28,13 +30,48 @@ from policies.load import trained_router
 from policies.reward import reward
 
 
-def metrics(trajs, cost_ref: dict[str, float], cfg: Config) -> dict:
+def price_ladder(cfg: Config) -> list[tuple[int, Rate]]:
+    """(parameters, price) of every model whose size is known: the zoo's (card.json) and pool models with
+    a `shape`."""
+    card = cfg.zoo_dir / CARD
+    rungs = [(m["params"], rate_for(PriceConfig(**{k: v for k, v in m["price"].items() if k != "gpus"})))
+             for m in (json.loads(card.read_text())["models"] if card.exists() else [])]
+    rungs += [(int(m.shape.params_b * 1e9), rate_for(m.price)) for m in cfg.pool.models if m.shape]
+    return rungs
+
+
+def router_rates(cfg: Config, router, ladder: list[tuple[int, Rate]]) -> dict[str, Rate] | None:
+    """The price of each policy LM the router runs: `router.price` when the config declares one, else
+    interpolated from the policy's size on the price ladder; None when neither is known."""
+    sizes = router.policy_params() if router is not None else {}
+    if cfg.router.price is not None:
+        return dict.fromkeys(sizes, rate_for(cfg.router.price))
+    if sizes and not ladder:
+        return None
+    return {part: ladder_rate(n, ladder) for part, n in sizes.items()}
+
+
+def router_cost(t, rates: dict[str, Rate] | None) -> float:
+    """USD of a trajectory's router tokens (NaN when the router's price is unknown)."""
+    if rates is None:
+        return float("nan")
+    return sum(usage_cost(u, rates[part]) for part, u in t.router_usage.items())
+
+
+def metrics(trajs, cost_ref: dict[str, float], cfg: Config, rates: dict[str, Rate] | None = None) -> dict:
+    """Pool cost (`cost_per_query`, which the reward and the reference comparisons use) and the router's
+    own cost beside it (`router_cost_per_query`; `total_cost_per_query` is both)."""
     n = len(trajs)
     rewards = [reward(t.correct, t.cost_usd, t.format_ok, cfg.reward.lam, cfg.reward.beta,
                       cfg.reward.cost_ref or cost_ref[t.task]) for t in trajs]
+    unpriced = rates is None and any(t.router_usage for t in trajs)
+    own = float("nan") if unpriced else sum(router_cost(t, rates or {}) for t in trajs) / n
     return {
         "accuracy": sum(t.correct for t in trajs) / n,
         "cost_per_query": sum(t.cost_usd for t in trajs) / n,
+        "router_cost_per_query": own,
+        "total_cost_per_query": sum(t.cost_usd for t in trajs) / n + own,
+        "router_tokens_per_query": sum(sum(u.values()) for t in trajs for u in t.router_usage.values()) / n,
         "reward": sum(rewards) / n,
         "latency_per_query": sum(t.latency_s for t in trajs) / n,
         "calls_per_query": sum(len(t.calls) for t in trajs) / n,
@@ -89,6 +126,7 @@ def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], 
                      "tasks": {k: len(v) for k, v in tests.items()},
                      "prices": "tiny pool priced on the paper pool's price ladder (USD per 1M tokens)"}
     cost_ref = run_cost_ref(cfg, pool, model_ids, tasks)  # the train split's, as training used
+    ladder = price_ladder(cfg)  # prices the routers' own tokens by their policies' size
     columns = [TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     runs = len(methods) * len(tests) + sum(len(s) for s in sweeps.values()) * len(tests)
     start = time.perf_counter()
@@ -105,12 +143,14 @@ def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], 
 
         for name, method in methods.items():
             trajs = run_all(method)
-            m = metrics(trajs, cost_ref, cfg)
+            rates = router_rates(cfg, getattr(method, "router", None), ladder)
+            m = metrics(trajs, cost_ref, cfg, rates)
             m["decomposer"] = trajs[0].decomposer if trajs else "-"
-            m["tasks"] = {tname: metrics([t for t in trajs if t.task == tname], cost_ref, cfg) for tname in tests}
+            m["tasks"] = {tname: metrics([t for t in trajs if t.task == tname], cost_ref, cfg, rates) for tname in tests}
+            m["router_params"] = getattr(method, "router", None) and method.router.policy_params()
             m["curve"] = [(m["cost_per_query"], m["accuracy"])]
             for variant in sweeps.get(name, []):
-                vm = metrics(run_all(variant), cost_ref, cfg)
+                vm = metrics(run_all(variant), cost_ref, cfg, rates)
                 m["curve"].append((vm["cost_per_query"], vm["accuracy"]))
             results["methods"][name] = m
     results["reference"] = reference
@@ -124,11 +164,13 @@ def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], 
         match = report.cost_at_accuracy(m["curve"], ref["accuracy"] - 0.01)
         m["cost_cut_at_matched_accuracy"] = None if match is None else 1 - match / ref["cost_per_query"]
         m["cost_cut_vs_reference"] = 1 - m["cost_per_query"] / ref["cost_per_query"]
+        m["cost_cut_vs_reference_with_router"] = 1 - m["total_cost_per_query"] / ref["total_cost_per_query"]
         m["accuracy_loss_vs_reference"] = ref["accuracy"] - m["accuracy"]
     for name, (ref_name, _) in own_refs.items():
         m, r = results["methods"][name], results["methods"][ref_name]
         m["own_decomposition_reference"] = {"method": ref_name, "accuracy_loss": r["accuracy"] - m["accuracy"],
-                                            "cost_cut": 1 - m["cost_per_query"] / r["cost_per_query"]}
+                                            "cost_cut": 1 - m["cost_per_query"] / r["cost_per_query"],
+                                            "cost_cut_with_router": 1 - m["total_cost_per_query"] / r["total_cost_per_query"]}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     report.pareto_png(results["methods"], reference, out_dir / "pareto.png",

@@ -165,9 +165,8 @@ class RouterAPI:
         return trajs
 
     def _usage(self, trajs: list[Trajectory]) -> dict:
-        own = [self.router.own_usage(t.decomposition, [s.allocation.prompt for s in t.steps if s.allocation.prompt])
-               for t in trajs]
-        router = {part: {k: sum(o[part][k] for o in own) for k in ("prompt_tokens", "completion_tokens")}
+        router = {part: {k: sum(t.router_usage.get(part, {}).get(k, 0) for t in trajs)
+                         for k in ("prompt_tokens", "completion_tokens")}
                   for part in ("decomposer", "allocator")}
         prompt = sum(c.prompt_tokens for t in trajs for c in t.calls) + sum(r["prompt_tokens"] for r in router.values())
         completion = (sum(c.completion_tokens for t in trajs for c in t.calls)

@@ -62,6 +62,14 @@ class FixedRouter(BaseRouter):
     def allocate(self, step_texts, examples, n_tiers):
         return [AllocateDecision(self._tier_of(t, ex, n_tiers)) for t, ex in zip(step_texts, examples)]
 
+    def own_usage(self, decision, allocation_prompts):  # a trained decomposer's tokens, when it uses one
+        usage = getattr(self._decomposer, "decomposition_usage", None)
+        return usage(decision) if usage else {}
+
+    def policy_params(self):
+        sizes = self._decomposer.policy_params() if isinstance(self._decomposer, BaseRouter) else {}
+        return {k: v for k, v in sizes.items() if k == "decomposer"}
+
 
 class RouterMethod(Method):
     """Any `BaseRouter` run through the chain (with or without the procedural review, whose confidence

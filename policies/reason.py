@@ -69,6 +69,7 @@ class Trajectory:
     steps: list[StepRecord] = field(default_factory=list)
     answer: str = ""
     correct: float = 0.0
+    router_usage: dict = field(default_factory=dict)  # the router's own tokens, per policy (BaseRouter.own_usage)
 
     @property
     def calls(self) -> list[Call]:
@@ -143,6 +144,7 @@ async def areason_batch(examples: list[Example], router: BaseRouter, pool, task:
         t.steps.append(StepRecord("final answer", p, AllocateDecision(t.steps[-1].allocation.tier),
                                   [_call(out, cfg)]))
     for ex, t in zip(examples, trajs):
+        t.router_usage = router.own_usage(t.decomposition, [s.allocation.prompt for s in t.steps if s.allocation.prompt])
         t.answer = task.final_answer(ex, [s.answer for s in t.steps])
         t.correct = task.score(t.answer, ex) if ex.answer is not None else float("nan")
     return trajs

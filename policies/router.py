@@ -46,6 +46,14 @@ class BaseRouter(abc.ABC):
     def allocate(self, step_texts: list[str], examples: list[Example], n_tiers: int) -> list[AllocateDecision]:
         """One tier per (already rendered) step text; tiers count from 0 = cheapest."""
 
+    def own_usage(self, decision: DecomposeDecision, allocation_prompts: list[str]) -> dict[str, dict[str, int]]:
+        """The router's own tokens for one query, per policy ({} for a router of rules: it runs no LM)."""
+        return {}
+
+    def policy_params(self) -> dict[str, int]:
+        """Parameters of each policy LM the router runs (what its own tokens are priced by)."""
+        return {}
+
 
 class GoldDecomposition:
     """The task's gold decomposition (used until a trained decomposer exists)."""
@@ -194,14 +202,22 @@ class PolicyRouter(BaseRouter):
     def own_usage(self, decision: DecomposeDecision, allocation_prompts: list[str]) -> dict[str, dict[str, int]]:
         """The router's own tokens for one query: the decomposer's prompt and generated tokens, and the
         allocator's prompt plus every tier's candidate tokens (it scores them; it generates nothing)."""
-        dec = {"prompt_tokens": 0, "completion_tokens": 0}
-        if self.decomposer is not None and decision.sample is not None:
-            dec = {"prompt_tokens": len(self.decomposer.tokenizer(decision.prompt).input_ids),
-                   "completion_tokens": len(decision.sample.token_ids)}
+        usage = self.decomposition_usage(decision)
         tok = self.allocator.tokenizer
         cands = sum(len(c) for c in self.actions.templates.candidates(self.model_ids, tok))
-        alloc = {"prompt_tokens": sum(len(tok(p).input_ids) + cands for p in allocation_prompts), "completion_tokens": 0}
-        return {"decomposer": dec, "allocator": alloc}
+        usage["allocator"] = {"prompt_tokens": sum(len(tok(p).input_ids) + cands for p in allocation_prompts),
+                              "completion_tokens": 0}
+        return usage
+
+    def decomposition_usage(self, decision: DecomposeDecision) -> dict[str, dict[str, int]]:
+        if self.decomposer is None or decision.sample is None:
+            return {}
+        return {"decomposer": {"prompt_tokens": len(self.decomposer.tokenizer(decision.prompt).input_ids),
+                               "completion_tokens": len(decision.sample.token_ids)}}
+
+    def policy_params(self) -> dict[str, int]:
+        lms = {"decomposer": self.decomposer, "allocator": self.allocator}
+        return {k: sum(p.numel() for p in lm.model.parameters()) for k, lm in lms.items() if lm is not None}
 
     def decompose(self, examples: list[Example], task: Task) -> list[DecomposeDecision]:
         if self.decomposer is None:

@@ -48,3 +48,13 @@ def test_ledger_sums_calls():
     assert snap["models"]["a"] == {"calls": 2, "prompt_tokens": 4, "completion_tokens": 3, "cost_usd": 0.75,
                                    "usage_missing": 0}
     assert snap["models"]["b"]["usage_missing"] == 1
+
+
+def test_ladder_rate_interpolates_log_linearly_and_clamps_at_the_ends():
+    from actors.cost import Rate, ladder_rate, usage_cost
+
+    ladder = [(1_000, Rate(0.1, 0.2)), (100_000, Rate(10.0, 20.0))]
+    mid = ladder_rate(10_000, ladder)  # halfway in log parameters: the geometric mean of the prices
+    assert mid.input_per_m == pytest.approx(1.0) and mid.output_per_m == pytest.approx(2.0)
+    assert ladder_rate(10, ladder) == ladder[0][1] and ladder_rate(10**9, ladder) == ladder[1][1]
+    assert usage_cost({"prompt_tokens": 1_000_000, "completion_tokens": 500_000}, mid) == pytest.approx(2.0)

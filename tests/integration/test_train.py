@@ -15,6 +15,30 @@ def test_a_trained_router_folder_routes_on_its_own(sft_config):
     assert t.task == "scan" and t.decomposer.startswith("trained:") and t.steps
 
 
+def test_evaluation_prices_the_routers_own_tokens(sft_config, tmp_path):
+    """A trained router's own tokens are priced by its policies' size on the zoo's price ladder (the
+    policies start from the largest zoo model, so at the largest rung's price); the reference on its
+    decomposition pays for the decomposer alone; rule baselines run no LM."""
+    from rich.console import Console
+
+    from actors.cost import rate_for
+    from pipelines.evaluate import evaluate
+    from pipelines.runs import router_dir
+
+    top = sft_config.zoo.models[-1]
+    res = evaluate(sft_config, ["all:" + top.name], 6, tmp_path, Console(quiet=True), {"r2": str(router_dir(sft_config, "sft"))})
+    r2, own_ref, rule = (res["methods"][k] for k in ("r2", f"all:{top.name}@r2", f"all:{top.name}"))
+    assert r2["router_tokens_per_query"] > own_ref["router_tokens_per_query"] > 0 == rule["router_tokens_per_query"]
+    assert rule["router_cost_per_query"] == 0 and rule["total_cost_per_query"] == rule["cost_per_query"]
+    # priced at the largest rung: between its input and its output price per token
+    rate = rate_for(top.price)
+    lo, hi = sorted([rate.input_per_m / 1e6, rate.output_per_m / 1e6])
+    tokens, own = r2["router_tokens_per_query"], r2["router_cost_per_query"]
+    assert lo * tokens * (1 - 1e-9) <= own <= hi * tokens * (1 + 1e-9)
+    assert r2["total_cost_per_query"] == pytest.approx(r2["cost_per_query"] + own)
+    assert "cost_cut_vs_reference_with_router" in r2
+
+
 def test_labels_cover_both_policies(sft_config):
     import json
 
