@@ -205,6 +205,7 @@ class EvalConfig(Strict):
     limit: int = Field(500, ge=1)  # test queries per task
     sweep_tau: list[float] = [0.3, 0.7, 0.95]  # knob sweep of confidence-based methods (AIQ curves)
     task_router_train: int = Field(400, ge=1)  # train queries per task labelled for the task-router
+    router: str = "r2"  # the headline router: baselines also run on its decomposer, the reference is all:<largest>@it
 
 
 class RouterConfig(Strict):

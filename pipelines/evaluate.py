@@ -3,8 +3,9 @@
     python -m pipelines.evaluate --config configs/tiny.yaml [--methods all:* cascade ...] [--limit N]
 
 Writes `<run_dir>/eval/results.json`:
-`{"reference": "all:<largest>", "methods": {name: {accuracy, cost_per_query, reward, latency_per_query,
-calls_per_query, n, decomposer, tasks: {...}, curve}}, "aiq": {name: value}, ...}`, the Pareto plot
+`{"reference": "all:<largest>@<router>", "methods": {name: {accuracy, cost_per_query, router_cost_per_query,
+total_cost_per_query, reward, latency_per_query, calls_per_query, n, decomposer, tasks: {...}, curve}},
+"aiq": {name: value}, ...}`, the Pareto plot
 `pareto.png`, and a markdown table on stdout (and a W&B table when W&B is enabled).
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from core.config import Config, PriceConfig, config_from_args, config_parser
 from core.console import console as make_console
 from pipelines.runs import cost_ref as run_cost_ref
 from pipelines.runs import synced
-from policies.baselines import Context, FixedRouter, RouterMethod, TaskRouter, expand, make_method
+from policies.baselines import Context, RouterMethod, TaskRouter, expand, make_method
 from policies.load import trained_router
 from policies.reward import reward
 
@@ -40,10 +41,9 @@ def price_ladder(cfg: Config) -> list[tuple[int, Rate]]:
     return rungs
 
 
-def router_rates(cfg: Config, router, ladder: list[tuple[int, Rate]]) -> dict[str, Rate] | None:
-    """The price of each policy LM the router runs: `router.price` when the config declares one, else
-    interpolated from the policy's size on the price ladder; None when neither is known."""
-    sizes = router.policy_params() if router is not None else {}
+def router_rates(cfg: Config, sizes: dict[str, int], ladder: list[tuple[int, Rate]]) -> dict[str, Rate] | None:
+    """The price of each policy LM (of `sizes` parameters) a method runs: `router.price` when the config
+    declares one, else interpolated from the policy's size on the price ladder; None when neither is known."""
     if cfg.router.price is not None:
         return dict.fromkeys(sizes, rate_for(cfg.router.price))
     if sizes and not ladder:
@@ -89,14 +89,6 @@ def router_method(cfg: Config, name: str, path: str | Path, model_ids: list[str]
     return RouterMethod(name, router, review=True)
 
 
-def own_decomposition_reference(name: str, method, model_ids: list[str]):
-    """The reference on a trained router's own decomposition: its steps, every one on the largest model
-    (so the comparison isolates what allocation and review save)."""
-    ref_name = f"all:{model_ids[-1]}@{name}"
-    top = len(model_ids) - 1
-    return ref_name, RouterMethod(ref_name, FixedRouter(ref_name, method.router, lambda *_: top))
-
-
 def evaluate(cfg: Config, method_names: list[str], limit: int, out_dir: Path, console,
              router_dirs: dict[str, str] | None = None) -> dict:
     with pool_session(cfg) as (pool, model_ids):
@@ -108,15 +100,20 @@ def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], 
     tasks = build_world(cfg, cfg.eval.tasks).tasks
     tests = {name: t.load("test")[:limit] for name, t in tasks.items()}
     ctx = Context(pool, model_ids, cfg.reason, cfg.seed)
-    reference = f"all:{model_ids[-1]}"
-    names = expand(method_names, model_ids)
-    names = [reference] + [n for n in names if n != reference]
-    methods = {n: make_method(n, ctx) for n in names}
     trained = {n: router_method(cfg, n, d, model_ids) for n, d in (router_dirs or {}).items()}
-    own_refs = {n: own_decomposition_reference(n, m, model_ids) for n, m in trained.items()
-                if m.router.decomposer is not None}  # router name -> (reference name, method)
+    ctx.decomposers.update({n: m.router for n, m in trained.items() if m.router.decomposer is not None})
+    # the baselines run on the gold decomposition (oracles, `@gold`) and on the headline router's own
+    # decomposer (`@<router>`: the fair comparison); the reference is every step of the latter on the largest
+    head = cfg.eval.router if cfg.eval.router in ctx.decomposers else "gold"
+    reference = f"all:{model_ids[-1]}@{head}"
+    baselines = [make_method(n, ctx) for n in expand(method_names, model_ids)]
+    if head != "gold":
+        baselines += [make_method(f"{n}@{head}", ctx) for n in expand(method_names, model_ids)
+                      if not n.startswith("single:") and "@" not in n]
+    methods = {m.name: m for m in [make_method(reference, ctx), *baselines]}
+    own_refs = {n: f"all:{model_ids[-1]}@{n}" for n in trained if n in ctx.decomposers}  # each router's own reference
     methods.update(trained)
-    methods.update(dict(own_refs.values()))
+    methods.update({r: make_method(r, ctx) for r in own_refs.values() if r not in methods})
     for m in methods.values():
         if isinstance(m, TaskRouter):
             m.train = {name: t.load("train")[: cfg.eval.task_router_train] for name, t in tasks.items()}
@@ -143,11 +140,11 @@ def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], 
 
         for name, method in methods.items():
             trajs = run_all(method)
-            rates = router_rates(cfg, getattr(method, "router", None), ladder)
+            rates = router_rates(cfg, method.policy_params(), ladder)
             m = metrics(trajs, cost_ref, cfg, rates)
             m["decomposer"] = trajs[0].decomposer if trajs else "-"
             m["tasks"] = {tname: metrics([t for t in trajs if t.task == tname], cost_ref, cfg, rates) for tname in tests}
-            m["router_params"] = getattr(method, "router", None) and method.router.policy_params()
+            m["router_params"] = method.policy_params()
             m["curve"] = [(m["cost_per_query"], m["accuracy"])]
             for variant in sweeps.get(name, []):
                 vm = metrics(run_all(variant), cost_ref, cfg, rates)
@@ -166,7 +163,7 @@ def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], 
         m["cost_cut_vs_reference"] = 1 - m["cost_per_query"] / ref["cost_per_query"]
         m["cost_cut_vs_reference_with_router"] = 1 - m["total_cost_per_query"] / ref["total_cost_per_query"]
         m["accuracy_loss_vs_reference"] = ref["accuracy"] - m["accuracy"]
-    for name, (ref_name, _) in own_refs.items():
+    for name, ref_name in own_refs.items():
         m, r = results["methods"][name], results["methods"][ref_name]
         m["own_decomposition_reference"] = {"method": ref_name, "accuracy_loss": r["accuracy"] - m["accuracy"],
                                             "cost_cut": 1 - m["cost_per_query"] / r["cost_per_query"],

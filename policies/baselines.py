@@ -11,15 +11,17 @@
     two-tier        DoT-style: each step on the smallest model, moved to the largest when its
                     alpha-quantile confidence is below tau
 
-Until a trained decomposer exists, methods that need a decomposition use the task's gold one; each
-trajectory records which decomposer produced it. A new baseline is one class plus one registry line.
+Methods that need a decomposition take it from a named source: `<method>@gold` (the task's gold
+decomposition: an oracle no deployed system has) or `<method>@<router>` (a trained router's own
+decomposer, the same one that router runs with: the fair comparison). A name without `@` means `@gold`.
+Each trajectory records which decomposer produced it. A new baseline is one class plus one registry line.
 """
 from __future__ import annotations
 
 import abc
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,6 +38,7 @@ class Context:
     model_ids: list[str]  # cheapest tier first
     reason: ReasonConfig
     seed: int = 0
+    decomposers: dict = field(default_factory=lambda: {"gold": GoldDecomposition()})  # name -> source
 
 
 class Method(abc.ABC):
@@ -47,6 +50,13 @@ class Method(abc.ABC):
 
     def with_knob(self, value: float) -> Method:
         raise NotImplementedError(f"{self.name} has no knob")
+
+    def policy_params(self) -> dict[str, int]:
+        """Parameters of each policy LM this method runs: its router's, or the decomposer it borrows."""
+        if isinstance(getattr(self, "router", None), BaseRouter):
+            return self.router.policy_params()
+        dec = getattr(self, "decomposer", None)
+        return {"decomposer": dec.policy_params()["decomposer"]} if isinstance(dec, BaseRouter) else {}
 
 
 class FixedRouter(BaseRouter):
@@ -93,35 +103,43 @@ def _tier(ctx: Context, model: str) -> int:
     return ctx.model_ids.index(model)
 
 
-def single(ctx: Context, model: str) -> Method:
+def single(ctx: Context, model: str, dec: str | None = None) -> Method:
+    if dec is not None:
+        raise ValueError(f"single:{model} answers the whole query in one call: it takes no decomposer (@...)")
     t = _tier(ctx, model)
     return RouterMethod(f"single:{model}", FixedRouter(f"single:{model}", WholeQuery(), lambda *_: t))
 
 
-def all_on(ctx: Context, model: str) -> Method:
-    t = _tier(ctx, model)
-    return RouterMethod(f"all:{model}", FixedRouter(f"all:{model}", GoldDecomposition(), lambda *_: t))
+def all_on(ctx: Context, model: str, dec: str | None = None) -> Method:
+    dec = dec or "gold"
+    t, name = _tier(ctx, model), f"all:{model}@{dec}"
+    return RouterMethod(name, FixedRouter(name, ctx.decomposers[dec], lambda *_: t))
 
 
-def random_method(ctx: Context, _: str | None = None) -> Method:
+def random_method(ctx: Context, _: str | None = None, dec: str | None = None) -> Method:
+    dec = dec or "gold"
     rng = random.Random(ctx.seed)
-    return RouterMethod("random", FixedRouter("random", GoldDecomposition(), lambda _t, _e, n: rng.randrange(n)))
+    name = f"random@{dec}"
+    return RouterMethod(name, FixedRouter(name, ctx.decomposers[dec], lambda _t, _e, n: rng.randrange(n)))
 
 
 class TwoTier(RouterMethod):
-    def __init__(self, tau: float | None = None):
+    def __init__(self, decomposer, dec: str = "gold", tau: float | None = None):
         overrides = {"escalation": "top", "max_escalations": 1, **({"tau": tau} if tau is not None else {})}
-        super().__init__("two-tier", FixedRouter("two-tier", GoldDecomposition(), lambda *_: 0), True, overrides)
+        name = f"two-tier@{dec}"
+        super().__init__(name, FixedRouter(name, decomposer, lambda *_: 0), True, overrides)
+        self.decomposer, self.dec = decomposer, dec
 
     def with_knob(self, value):
-        return TwoTier(value)
+        return TwoTier(self.decomposer, self.dec, value)
 
 
 class Cascade(Method):
-    name, knob = "cascade", "tau"
+    knob = "tau"
 
-    def __init__(self, tau: float | None = None):
-        self.tau = tau
+    def __init__(self, decomposer, dec: str = "gold", tau: float | None = None):
+        self.decomposer, self.dec, self.tau = decomposer, dec, tau
+        self.name = f"cascade@{dec}"
 
     async def run(self, examples, task, ctx):
         tau = ctx.reason.tau if self.tau is None else self.tau
@@ -129,7 +147,7 @@ class Cascade(Method):
         todo = list(examples)
         spent: dict[str, list] = {ex.id: [] for ex in examples}
         for tier, model in enumerate(ctx.model_ids):
-            router = FixedRouter(f"cascade@{model}", GoldDecomposition(), lambda *_, t=tier: t)
+            router = FixedRouter(f"{self.name}:{model}", self.decomposer, lambda *_, t=tier: t)
             trajs = await areason_batch(todo, router, ctx.pool, task, ctx.reason, ctx.model_ids, review=False)
             last = tier == len(ctx.model_ids) - 1
             nxt = []
@@ -137,7 +155,7 @@ class Cascade(Method):
                 tr.steps = spent[ex.id] + tr.steps  # earlier tiers' calls are paid for too
                 confident = min((s.confidence for s in tr.steps[len(spent[ex.id]):]), default=0.0) >= tau
                 if confident or last:
-                    tr.router = "cascade"
+                    tr.router = self.name
                     # the answer is the accepted tier's steps only
                     own = tr.steps[len(spent[ex.id]):]
                     tr.answer = task.final_answer(ex, [s.answer for s in own])
@@ -152,16 +170,15 @@ class Cascade(Method):
         return [result[ex.id] for ex in examples]
 
     def with_knob(self, value):
-        return Cascade(value)
+        return Cascade(self.decomposer, self.dec, value)
 
 
 class TaskRouter(Method):
     """A bag-of-words logistic-regression classifier (one per task) picks the tier for the whole
     query; labels = cheapest tier whose `all:<tier>` chain answered a train query correctly."""
 
-    name = "task-router"
-
-    def __init__(self, train: dict[str, list[Example]] | None = None):
+    def __init__(self, decomposer=None, dec: str = "gold", train: dict[str, list[Example]] | None = None):
+        self.decomposer, self.name = decomposer or GoldDecomposition(), f"task-router@{dec}"
         self.train = train or {}
         self.models: dict[str, tuple[dict[str, int], torch.nn.Linear]] = {}
 
@@ -209,18 +226,18 @@ class TaskRouter(Method):
         with torch.no_grad():
             tiers = clf(self._features(vocab, examples)).argmax(-1).tolist()
         by_id = {ex.id: t for ex, t in zip(examples, tiers)}
-        router = FixedRouter("task-router", GoldDecomposition(), lambda _t, ex, _n: by_id[ex.id])
+        router = FixedRouter(self.name, self.decomposer, lambda _t, ex, _n: by_id[ex.id])
         return await areason_batch(examples, router, ctx.pool, task, ctx.reason, ctx.model_ids, review=False)
 
 
-# name -> factory(ctx, argument after ':' or None)
+# name -> factory(ctx, argument after ':' or None, decomposer name after '@')
 BASELINES: Registry = Registry("method")
 BASELINES.add("single", single)
 BASELINES.add("all", all_on)
 BASELINES.add("random", random_method)
-BASELINES.add("two-tier", lambda ctx, _=None: TwoTier())
-BASELINES.add("cascade", lambda ctx, _=None: Cascade())
-BASELINES.add("task-router", lambda ctx, _=None: TaskRouter())
+BASELINES.add("two-tier", lambda ctx, _, dec: TwoTier(ctx.decomposers[dec or "gold"], dec or "gold"))
+BASELINES.add("cascade", lambda ctx, _, dec: Cascade(ctx.decomposers[dec or "gold"], dec or "gold"))
+BASELINES.add("task-router", lambda ctx, _, dec: TaskRouter(ctx.decomposers[dec or "gold"], dec or "gold"))
 
 
 def expand(names: list[str], model_ids: list[str]) -> list[str]:
@@ -233,8 +250,12 @@ def expand(names: list[str], model_ids: list[str]) -> list[str]:
 
 
 def make_method(name: str, ctx: Context) -> Method:
-    kind, _, arg = name.partition(":")
-    return BASELINES.lookup(kind)(ctx, arg or None)
+    """`kind[:arg][@decomposer]`, e.g. `all:t-4@r2`, `cascade@gold`, `single:t-1`."""
+    base, at, dec = name.partition("@")
+    kind, _, arg = base.partition(":")
+    if at and dec not in ctx.decomposers:
+        raise ValueError(f"{name}: unknown decomposer {dec!r} (known: {sorted(ctx.decomposers)})")
+    return BASELINES.lookup(kind)(ctx, arg or None, dec if at else None)
 
 
 async def reference_cost(ctx: Context, tasks: dict[str, Task], examples: dict[str, list[Example]]) -> dict[str, float]:

@@ -26,8 +26,12 @@ def test_evaluation_prices_the_routers_own_tokens(sft_config, tmp_path):
     from pipelines.runs import router_dir
 
     top = sft_config.zoo.models[-1]
-    res = evaluate(sft_config, ["all:" + top.name], 6, tmp_path, Console(quiet=True), {"r2": str(router_dir(sft_config, "sft"))})
-    r2, own_ref, rule = (res["methods"][k] for k in ("r2", f"all:{top.name}@r2", f"all:{top.name}"))
+    res = evaluate(sft_config, ["all:" + top.name, "cascade"], 6, tmp_path, Console(quiet=True),
+                   {"r2": str(router_dir(sft_config, "sft"))})
+    # the baselines ran on the router's decomposer too, and the reference is the router's own decomposition's
+    assert res["reference"] == f"all:{top.name}@r2" and {"cascade@gold", "cascade@r2"} <= set(res["methods"])
+    assert res["methods"]["cascade@r2"]["decomposer"] == res["methods"]["r2"]["decomposer"] != "gold"
+    r2, own_ref, rule = (res["methods"][k] for k in ("r2", f"all:{top.name}@r2", f"all:{top.name}@gold"))
     assert r2["router_tokens_per_query"] > own_ref["router_tokens_per_query"] > 0 == rule["router_tokens_per_query"]
     assert rule["router_cost_per_query"] == 0 and rule["total_cost_per_query"] == rule["cost_per_query"]
     # priced at the largest rung: between its input and its output price per token
