@@ -86,7 +86,7 @@ class ModelPoolImpl:
         finally:
             load[i] -= len(prompts)
         for c in outs:
-            c.cost_usd = self.cost_model.cost(model_id, c.usage, c.latency_s)
+            c.cost_usd = self.cost_model.cost(model_id, c.usage, c.latency_s if c.compute_s is None else c.compute_s)
             self.ledger.add(model_id, c.usage, c.cost_usd)
         return outs
 

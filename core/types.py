@@ -48,6 +48,8 @@ class Completion:
     model_id: str
     cost_usd: float = 0.0
     finish_reason: str = "stop"
+    # this request's share of the device time of the batch it ran in (GPU-time pricing); None: latency_s
+    compute_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,3 +1,5 @@
+import pytest
+
 from actors.backends import make_backend
 from core.prompts import format_prompt
 from core.types import SamplingParams
@@ -35,3 +37,16 @@ def test_seeded_sampling_is_reproducible(zoo_model_dir):
     prompts = [format_prompt("run around left twice")] * 4
     first, second = b.generate(prompts, params), b.generate(prompts, params)
     assert [c.token_ids for c in first] == [c.token_ids for c in second]
+
+
+def test_a_batch_shares_its_device_time(zoo_model_dir):
+    """GPU-time pricing charges each request of a batch its share of the batch's time, not all of it."""
+    from actors.cost import CostModel
+    from core.config import PriceConfig
+
+    b = make_backend("hf", "m", {"path": str(zoo_model_dir)})
+    outs = b.generate([format_prompt("jump twice"), format_prompt("walk"), format_prompt("look")],
+                      SamplingParams(max_new_tokens=4))
+    assert all(o.compute_s == o.latency_s / 3 for o in outs)
+    cm = CostModel({"m": PriceConfig(gpu_hour_usd=3600.0)})  # $1 per device-second
+    assert sum(cm.cost("m", o.usage, o.compute_s) for o in outs) == pytest.approx(outs[0].latency_s)

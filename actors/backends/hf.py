@@ -72,5 +72,6 @@ class HFBackend(Backend):
                 token_ids=ids, token_logprobs=chosen[i, :n].tolist(),
                 usage=Usage(prompt_tokens=int(prompt_mask.sum()), completion_tokens=n),
                 latency_s=latency, model_id=self.model_id, finish_reason=finish,
+                compute_s=latency / len(prompts),  # the batch ran together: each pays its share
             ))
         return results
