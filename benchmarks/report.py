@@ -49,6 +49,31 @@ def cost_at_accuracy(points: list[tuple[float, float]], target: float) -> float 
     return None
 
 
+def accuracy_at_cost(points: list[tuple[float, float]], cost: float) -> float | None:
+    """The hull's accuracy at `cost` (linear between hull points, flat after the last one; None below
+    the cheapest point)."""
+    h = hull(points)
+    if cost < h[0][0]:
+        return None
+    for (c0, a0), (c1, a1) in zip(h, h[1:]):
+        if c0 <= cost <= c1:
+            return a0 + (a1 - a0) * (cost - c0) / (c1 - c0) if c1 > c0 else max(a0, a1)
+    return h[-1][1]
+
+
+def paired_bootstrap(a: list[float], b: list[float], statistic, n: int = 2000, seed: int = 0) -> dict:
+    """`statistic(a, b)` on the paired per-query values and its 95% percentile interval over `n`
+    resamples of the queries (both methods resampled together: the same queries)."""
+    import numpy as np
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(n, len(x)))
+    stats = np.array([statistic(x[i], y[i]) for i in idx])
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return {"value": float(statistic(x, y)), "ci95": [float(lo), float(hi)]}
+
+
 def pareto_png(methods: dict[str, dict], reference: str, path: Path, title: str) -> None:
     import matplotlib  # lazy: only plotting needs it
 

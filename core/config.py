@@ -203,7 +203,11 @@ class EvalConfig(Strict):
     methods: list[str] = ["single:*", "all:*", "random", "task-router", "cascade", "two-tier"]
     tasks: list[str] = ["facts", "scan"]
     limit: int = Field(500, ge=1)  # test queries per task
-    sweep_tau: list[float] = [0.3, 0.7, 0.95]  # knob sweep of confidence-based methods (AIQ curves)
+    # each knob method's sweep (its cost-accuracy curve, for AIQ): the review threshold tau, the
+    # task-router's cumulative-probability threshold, random's share of steps on the largest model
+    sweep_tau: list[float] = [0.3, 0.7, 0.95]
+    sweep_threshold: list[float] = [0.5, 0.8, 0.95]
+    sweep_mix: list[float] = [0.0, 0.5, 1.0]
     task_router_train: int = Field(400, ge=1)  # train queries per task labelled for the task-router
     router: str = "r2"  # the headline router: baselines also run on its decomposer, the reference is all:<largest>@it
 

@@ -58,21 +58,31 @@ def router_cost(t, rates: dict[str, Rate] | None) -> float:
     return sum(usage_cost(u, rates[part]) for part, u in t.router_usage.items())
 
 
+def per_query(trajs, cost_ref: dict[str, float], cfg: Config, rates: dict[str, Rate] | None) -> dict[str, list[float]]:
+    """Per query: correct, pool cost, total cost (with the router's own; NaN when its price is unknown),
+    reward (on pool cost, as training's)."""
+    unpriced = rates is None and any(t.router_usage for t in trajs)
+    return {
+        "correct": [t.correct for t in trajs],
+        "cost": [t.cost_usd for t in trajs],
+        "total": [t.cost_usd + (float("nan") if unpriced else router_cost(t, rates or {})) for t in trajs],
+        "reward": [reward(t.correct, t.cost_usd, t.format_ok, cfg.reward.lam, cfg.reward.beta,
+                          cfg.reward.cost_ref or cost_ref[t.task]) for t in trajs],
+    }
+
+
 def metrics(trajs, cost_ref: dict[str, float], cfg: Config, rates: dict[str, Rate] | None = None) -> dict:
     """Pool cost (`cost_per_query`, which the reward and the reference comparisons use) and the router's
     own cost beside it (`router_cost_per_query`; `total_cost_per_query` is both)."""
     n = len(trajs)
-    rewards = [reward(t.correct, t.cost_usd, t.format_ok, cfg.reward.lam, cfg.reward.beta,
-                      cfg.reward.cost_ref or cost_ref[t.task]) for t in trajs]
-    unpriced = rates is None and any(t.router_usage for t in trajs)
-    own = float("nan") if unpriced else sum(router_cost(t, rates or {}) for t in trajs) / n
+    q = per_query(trajs, cost_ref, cfg, rates)
     return {
-        "accuracy": sum(t.correct for t in trajs) / n,
-        "cost_per_query": sum(t.cost_usd for t in trajs) / n,
-        "router_cost_per_query": own,
-        "total_cost_per_query": sum(t.cost_usd for t in trajs) / n + own,
+        "accuracy": sum(q["correct"]) / n,
+        "cost_per_query": sum(q["cost"]) / n,
+        "router_cost_per_query": (sum(q["total"]) - sum(q["cost"])) / n,
+        "total_cost_per_query": sum(q["total"]) / n,
         "router_tokens_per_query": sum(sum(u.values()) for t in trajs for u in t.router_usage.values()) / n,
-        "reward": sum(rewards) / n,
+        "reward": sum(q["reward"]) / n,
         "latency_per_query": sum(t.latency_s for t in trajs) / n,
         "calls_per_query": sum(len(t.calls) for t in trajs) / n,
         "escalations_per_query": sum(t.summary()["escalations"] for t in trajs) / n,
@@ -87,6 +97,36 @@ def router_method(cfg: Config, name: str, path: str | Path, model_ids: list[str]
     router = trained_router(cfg, path, model_ids, label=name)
     router.name = name
     return RouterMethod(name, router, review=True)
+
+
+def headline(router: str, reference: str, vectors: dict[str, dict[str, list[float]]], seed: int) -> dict:
+    """The router against the reference on the same test queries, with paired-bootstrap 95% intervals:
+    accuracy difference, pool-cost cut, total-cost cut (the router's own cost included), reward difference."""
+    a, b = vectors[router], vectors[reference]
+
+    def boot(key: str, stat) -> dict:
+        return report.paired_bootstrap(a[key], b[key], stat, seed=seed)
+
+    return {"router": router, "reference": reference, "queries": len(a["correct"]),
+            "accuracy_diff": boot("correct", lambda x, y: x.mean() - y.mean()),
+            "cost_cut": boot("cost", lambda x, y: 1 - x.mean() / y.mean()),
+            "cost_cut_with_router": boot("total", lambda x, y: 1 - x.mean() / y.mean()),
+            "reward_diff": boot("reward", lambda x, y: x.mean() - y.mean())}
+
+
+def best_single(router: str, methods: dict[str, dict]) -> dict:
+    """The router against the best single model (RouterArena's question): the cost-accuracy hull of every
+    `single:<m>` and `all:<m>@<router>`, read at the router's cost and at its accuracy."""
+    names = [n for n in methods if n.startswith("single:") or (n.startswith("all:") and n.endswith(f"@{router}"))]
+    points = [(methods[n]["cost_per_query"], methods[n]["accuracy"]) for n in names]
+    r = methods[router]
+    at_cost = report.accuracy_at_cost(points, r["cost_per_query"])
+    at_acc = report.cost_at_accuracy(points, r["accuracy"])
+    return {"methods": names, "router": [r["cost_per_query"], r["accuracy"]],
+            "hull_accuracy_at_router_cost": at_cost,
+            "router_accuracy_gain": None if at_cost is None else r["accuracy"] - at_cost,
+            "hull_cost_at_router_accuracy": at_acc,
+            "router_cost_cut": None if at_acc is None else 1 - r["cost_per_query"] / at_acc}
 
 
 def evaluate(cfg: Config, method_names: list[str], limit: int, out_dir: Path, console,
@@ -117,7 +157,7 @@ def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], 
     for m in methods.values():
         if isinstance(m, TaskRouter):
             m.train = {name: t.load("train")[: cfg.eval.task_router_train] for name, t in tasks.items()}
-    sweeps = {n: [m.with_knob(v) for v in cfg.eval.sweep_tau] for n, m in methods.items() if m.knob}
+    sweeps = {n: [m.with_knob(v) for v in getattr(cfg.eval, f"sweep_{m.knob}")] for n, m in methods.items() if m.knob}
 
     results: dict = {"reference": None, "methods": {}, "aiq": {}, "config": cfg.name,
                      "tasks": {k: len(v) for k, v in tests.items()},
@@ -138,9 +178,11 @@ def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], 
                 progress.advance(bar)
             return trajs
 
+        vectors = {}
         for name, method in methods.items():
             trajs = run_all(method)
             rates = router_rates(cfg, method.policy_params(), ladder)
+            vectors[name] = per_query(trajs, cost_ref, cfg, rates)
             m = metrics(trajs, cost_ref, cfg, rates)
             m["decomposer"] = trajs[0].decomposer if trajs else "-"
             m["tasks"] = {tname: metrics([t for t in trajs if t.task == tname], cost_ref, cfg, rates) for tname in tests}
@@ -168,6 +210,9 @@ def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], 
         m["own_decomposition_reference"] = {"method": ref_name, "accuracy_loss": r["accuracy"] - m["accuracy"],
                                             "cost_cut": 1 - m["cost_per_query"] / r["cost_per_query"],
                                             "cost_cut_with_router": 1 - m["total_cost_per_query"] / r["total_cost_per_query"]}
+    if head in trained:
+        results["headline"] = headline(head, reference, vectors, cfg.seed)
+        results["best_single"] = best_single(head, results["methods"])
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     report.pareto_png(results["methods"], reference, out_dir / "pareto.png",

@@ -116,11 +116,29 @@ def all_on(ctx: Context, model: str, dec: str | None = None) -> Method:
     return RouterMethod(name, FixedRouter(name, ctx.decomposers[dec], lambda *_: t))
 
 
+class RandomMix(RouterMethod):
+    """A random tier per step: the largest with probability `mix` (the knob), else a uniformly random
+    cheaper one; without a mix, uniform over every tier."""
+
+    def __init__(self, decomposer, dec: str, seed: int, mix: float | None = None):
+        rng = random.Random(seed)
+
+        def tier(_t, _e, n: int) -> int:
+            if mix is None:
+                return rng.randrange(n)
+            return n - 1 if rng.random() < mix or n == 1 else rng.randrange(n - 1)
+
+        name = f"random@{dec}"
+        super().__init__(name, FixedRouter(name, decomposer, tier))
+        self.knob, self.decomposer, self.dec, self.seed = "mix", decomposer, dec, seed
+
+    def with_knob(self, value):
+        return RandomMix(self.decomposer, self.dec, self.seed, value)
+
+
 def random_method(ctx: Context, _: str | None = None, dec: str | None = None) -> Method:
     dec = dec or "gold"
-    rng = random.Random(ctx.seed)
-    name = f"random@{dec}"
-    return RouterMethod(name, FixedRouter(name, ctx.decomposers[dec], lambda _t, _e, n: rng.randrange(n)))
+    return RandomMix(ctx.decomposers[dec], dec, ctx.seed)
 
 
 class TwoTier(RouterMethod):
@@ -175,12 +193,22 @@ class Cascade(Method):
 
 class TaskRouter(Method):
     """A bag-of-words logistic-regression classifier (one per task) picks the tier for the whole
-    query; labels = cheapest tier whose `all:<tier>` chain answered a train query correctly."""
+    query; labels = cheapest tier whose `all:<tier>` chain answered a train query correctly. Its knob,
+    `threshold`: the cheapest tier whose cumulative predicted probability (that it suffices) reaches it;
+    without one, the most probable tier."""
 
-    def __init__(self, decomposer=None, dec: str = "gold", train: dict[str, list[Example]] | None = None):
-        self.decomposer, self.name = decomposer or GoldDecomposition(), f"task-router@{dec}"
-        self.train = train or {}
+    knob = "threshold"
+
+    def __init__(self, decomposer=None, dec: str = "gold", train: dict[str, list[Example]] | None = None,
+                 threshold: float | None = None):
+        self.decomposer, self.dec, self.name = decomposer or GoldDecomposition(), dec, f"task-router@{dec}"
+        self.train, self.threshold = train or {}, threshold
         self.models: dict[str, tuple[dict[str, int], torch.nn.Linear]] = {}
+
+    def with_knob(self, value):
+        other = TaskRouter(self.decomposer, self.dec, self.train, value)
+        other.models = self.models  # the same classifier, another decision rule
+        return other
 
     async def fit(self, task: Task, ctx: Context) -> None:
         examples = self.train.get(task.name) or []
@@ -224,7 +252,12 @@ class TaskRouter(Method):
             await self.fit(task, ctx)
         vocab, clf = self.models[task.name]
         with torch.no_grad():
-            tiers = clf(self._features(vocab, examples)).argmax(-1).tolist()
+            logits = clf(self._features(vocab, examples))
+            if self.threshold is None:
+                tiers = logits.argmax(-1).tolist()
+            else:
+                enough = logits.softmax(-1).cumsum(-1) >= self.threshold
+                tiers = torch.where(enough.any(-1), enough.float().argmax(-1), logits.shape[-1] - 1).tolist()
         by_id = {ex.id: t for ex, t in zip(examples, tiers)}
         router = FixedRouter(self.name, self.decomposer, lambda _t, ex, _n: by_id[ex.id])
         return await areason_batch(examples, router, ctx.pool, task, ctx.reason, ctx.model_ids, review=False)

@@ -26,8 +26,16 @@ def test_evaluation_prices_the_routers_own_tokens(sft_config, tmp_path):
     from pipelines.runs import router_dir
 
     top = sft_config.zoo.models[-1]
-    res = evaluate(sft_config, ["all:" + top.name, "cascade"], 6, tmp_path, Console(quiet=True),
-                   {"r2": str(router_dir(sft_config, "sft"))})
+    cfg = sft_config.model_copy(update={"eval": sft_config.eval.model_copy(update={
+        "sweep_tau": [0.5], "sweep_mix": [0.0, 1.0], "task_router_train": 20})})
+    res = evaluate(cfg, ["all:" + top.name, "cascade", "random", "task-router", "single:" + top.name], 6, tmp_path,
+                   Console(quiet=True), {"r2": str(router_dir(sft_config, "sft"))})
+    # every knob method has a curve; the headline has paired-bootstrap intervals; the best single model too
+    assert len(res["methods"]["random@r2"]["curve"]) == 3 and len(res["methods"]["task-router@gold"]["curve"]) == 4
+    for key in ("accuracy_diff", "cost_cut", "cost_cut_with_router", "reward_diff"):
+        lo, hi = res["headline"][key]["ci95"]
+        assert lo <= res["headline"][key]["value"] <= hi, key
+    assert f"single:{top.name}" in res["best_single"]["methods"] and f"all:{top.name}@r2" in res["best_single"]["methods"]
     # the baselines ran on the router's decomposer too, and the reference is the router's own decomposition's
     assert res["reference"] == f"all:{top.name}@r2" and {"cascade@gold", "cascade@r2"} <= set(res["methods"])
     assert res["methods"]["cascade@r2"]["decomposer"] == res["methods"]["r2"]["decomposer"] != "gold"
