@@ -4,8 +4,10 @@
 
 Writes `<run_dir>/eval/results.json`:
 `{"reference": "all:<largest>", "methods": {name: {accuracy, cost_per_query, reward, latency_per_query,
-calls_per_query, n, decomposer, tasks: {...}, curve}}, "aiq": {name: value}, ...}`, the Pareto plot
-`pareto.png`, and a markdown table on stdout (and a W&B table when W&B is enabled).
+calls_per_query, n, decomposer, tasks: {...}, curve}}, "aiq": {name: value}, ...}` (with `rllib-ppo`
+evaluated, also `"rllib"`: PPO beside the subtask table's oracle and a supervised classifier, per step on
+the test table: pipelines.bandit), the Pareto plot `pareto.png`, and a markdown table on stdout (and a
+W&B table when W&B is enabled).
 """
 from __future__ import annotations
 
@@ -21,9 +23,18 @@ from benchmarks import report
 from benchmarks.tasks import build_world
 from core.config import Config, config_from_args, config_parser
 from core.console import console as make_console
+from pipelines.bandit import fit_subtask_allocator
 from pipelines.runs import cost_ref as run_cost_ref
 from pipelines.runs import synced
-from policies.baselines import Context, FixedRouter, RouterMethod, TaskRouter, expand, make_method
+from policies.baselines import (
+    Context,
+    FixedRouter,
+    RouterMethod,
+    SubtaskAllocator,
+    TaskRouter,
+    expand,
+    make_method,
+)
 from policies.load import trained_router
 from policies.reward import reward
 
@@ -89,6 +100,10 @@ def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], 
                      "tasks": {k: len(v) for k, v in tests.items()},
                      "prices": "tiny pool priced on the paper pool's price ladder (USD per 1M tokens)"}
     cost_ref = run_cost_ref(cfg, pool, model_ids, tasks)  # the train split's, as training used
+    for m in methods.values():
+        if isinstance(m, SubtaskAllocator):  # rllib-ppo: subtask tables, PPO, and its table-level comparison
+            m.router, results["rllib"] = fit_subtask_allocator(cfg, pool, model_ids, tasks, tests, cost_ref)
+            console.print(_bandit_line(results["rllib"]))
     columns = [TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     runs = len(methods) * len(tests) + sum(len(s) for s in sweeps.values()) * len(tests)
     start = time.perf_counter()
@@ -136,6 +151,12 @@ def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], 
                       f"reference {reference}")
     _log_wandb(cfg, results)
     return results
+
+
+def _bandit_line(report: dict) -> str:
+    parts = [f"{k} acc {v['accuracy']:.3f} cost/step {v['cost_per_step']:.2e} reward {v['reward']:.3f}"
+             for k, v in report.items() if isinstance(v, dict) and "accuracy" in v]
+    return f"rllib-ppo on the test subtask table ({report['ppo']['n']} steps): " + "; ".join(parts)
 
 
 def _log_wandb(cfg: Config, results: dict) -> None:
