@@ -199,6 +199,24 @@ class RewardConfig(Strict):
     cost_ref: float | None = Field(None, gt=0)
 
 
+class RllibConfig(Strict):
+    """The `rllib-ppo` baseline (pipelines.bandit): a table of which pool model solves which gold subtask
+    of `train_queries` train queries per task (and of the evaluated test queries) at what cost, then RLlib
+    PPO on one-step episodes over it (a contextual bandit) on CPU env runners."""
+
+    train_queries: int = Field(200, ge=1)  # per task, a seeded sample of the train split
+    iterations: int = Field(10, ge=1)  # PPO training iterations
+    batch: int = Field(1000, ge=1)  # env steps (= episodes) per iteration
+    minibatch: int = Field(250, ge=1)
+    epochs: int = Field(4, ge=1)
+    lr: float = Field(1e-2, gt=0)
+    entropy_coeff: float = Field(0.01, ge=0)
+    hidden: list[int] = [32]  # the policy's MLP
+    env_runners: int = Field(1, ge=0)  # 0: sample on the driver
+    envs_per_runner: int = Field(64, ge=1)  # vectorised: one-step episodes are cheap, RLlib's per-step overhead is not
+    cpus_per_env_runner: float = Field(0.5, gt=0)
+
+
 class EvalConfig(Strict):
     methods: list[str] = ["single:*", "all:*", "random", "task-router", "cascade", "two-tier"]
     tasks: list[str] = ["facts", "scan"]
@@ -209,7 +227,11 @@ class EvalConfig(Strict):
     sweep_threshold: list[float] = [0.5, 0.8, 0.95]
     sweep_mix: list[float] = [0.0, 0.5, 1.0]
     task_router_train: int = Field(400, ge=1)  # train queries per task labelled for the task-router
+<<<<<<< HEAD
     router: str = "r2"  # the headline router: baselines also run on its decomposer, the reference is all:<largest>@it
+=======
+    rllib: RllibConfig = RllibConfig()  # the rllib-ppo baseline
+>>>>>>> rllib
 
 
 class RouterConfig(Strict):

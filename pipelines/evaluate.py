@@ -5,8 +5,10 @@
 Writes `<run_dir>/eval/results.json`:
 `{"reference": "all:<largest>@<router>", "methods": {name: {accuracy, cost_per_query, router_cost_per_query,
 total_cost_per_query, reward, latency_per_query, calls_per_query, n, decomposer, tasks: {...}, curve}},
-"aiq": {name: value}, ...}`, the Pareto plot
-`pareto.png`, and a markdown table on stdout (and a W&B table when W&B is enabled).
+"aiq": {name: value}, "headline": {...}, "best_single": {...}, ...}` (with `rllib-ppo` evaluated, also
+`"rllib"`: PPO beside the subtask table's oracle and a supervised classifier, per step on the test table:
+pipelines.bandit), the Pareto plot `pareto.png`, and a markdown table on stdout (and a W&B table when
+W&B is enabled).
 """
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ from benchmarks import report
 from benchmarks.tasks import build_world
 from core.config import Config, PriceConfig, config_from_args, config_parser
 from core.console import console as make_console
+from pipelines.bandit import fit_subtask_allocator
 from pipelines.runs import cost_ref as run_cost_ref
 from pipelines.runs import synced
-from policies.baselines import Context, RouterMethod, TaskRouter, expand, make_method
+from policies.baselines import Context, RouterMethod, SubtaskAllocator, TaskRouter, expand, make_method
 from policies.load import trained_router
 from policies.reward import reward
 
@@ -164,6 +167,12 @@ def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], 
                      "prices": "tiny pool priced on the paper pool's price ladder (USD per 1M tokens)"}
     cost_ref = run_cost_ref(cfg, pool, model_ids, tasks)  # the train split's, as training used
     ladder = price_ladder(cfg)  # prices the routers' own tokens by their policies' size
+    subtask = [m for m in methods.values() if isinstance(m, SubtaskAllocator)]
+    if subtask:  # rllib-ppo: subtask tables, PPO (trained once), and its table-level comparison
+        fitted, results["rllib"] = fit_subtask_allocator(cfg, pool, model_ids, tasks, tests, cost_ref)
+        for m in subtask:
+            m.router = fitted.with_decomposer(m.name, m.decomposer)
+        console.print(_bandit_line(results["rllib"]))
     columns = [TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     runs = len(methods) * len(tests) + sum(len(s) for s in sweeps.values()) * len(tests)
     start = time.perf_counter()
@@ -220,6 +229,12 @@ def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], 
                       f"reference {reference}")
     _log_wandb(cfg, results)
     return results
+
+
+def _bandit_line(report: dict) -> str:
+    parts = [f"{k} acc {v['accuracy']:.3f} cost/step {v['cost_per_step']:.2e} reward {v['reward']:.3f}"
+             for k, v in report.items() if isinstance(v, dict) and "accuracy" in v]
+    return f"rllib-ppo on the test subtask table ({report['ppo']['n']} steps): " + "; ".join(parts)
 
 
 def _log_wandb(cfg: Config, results: dict) -> None:

@@ -10,6 +10,9 @@
                     step's confidence is below tau
     two-tier        DoT-style: each step on the smallest model, moved to the largest when its
                     alpha-quantile confidence is below tau
+    rllib-ppo       a classic-RL allocator: a small policy on each step's bag of words picks its tier
+                    (trained by RLlib PPO on a table of which model solves which train subtask at what
+                    cost: pipelines.bandit; the evaluation trains it before running it)
 
 Methods that need a decomposition take it from a named source: `<method>@gold` (the task's gold
 decomposition: an oracle no deployed system has) or `<method>@<router>` (a trained router's own
@@ -28,6 +31,7 @@ import torch
 from benchmarks.tasks.base import Example, Task
 from core.config import ReasonConfig
 from core.registry import Registry
+from policies.features import BagOfWords, fit_logreg
 from policies.reason import Trajectory, areason_batch
 from policies.router import AllocateDecision, BaseRouter, GoldDecomposition, WholeQuery
 
@@ -203,7 +207,7 @@ class TaskRouter(Method):
                  threshold: float | None = None):
         self.decomposer, self.dec, self.name = decomposer or GoldDecomposition(), dec, f"task-router@{dec}"
         self.train, self.threshold = train or {}, threshold
-        self.models: dict[str, tuple[dict[str, int], torch.nn.Linear]] = {}
+        self.models: dict[str, tuple[BagOfWords, torch.nn.Linear]] = {}
 
     def with_knob(self, value):
         other = TaskRouter(self.decomposer, self.dec, self.train, value)
@@ -221,38 +225,17 @@ class TaskRouter(Method):
             for i, tr in enumerate(trajs):
                 if tr.correct >= 1.0:
                     labels[i] = tier
-        vocab: dict[str, int] = {}
-        for ex in examples:
-            for w in ex.query.split():
-                vocab.setdefault(w, len(vocab))
-        x = self._features(vocab, examples)
-        y = torch.tensor(labels)
-        with torch.random.fork_rng():  # its own seed: the same classifier whatever ran before in the process
-            torch.manual_seed(ctx.seed)
-            clf = torch.nn.Linear(len(vocab), n)
-        opt = torch.optim.Adam(clf.parameters(), lr=0.05, weight_decay=1e-4)
-        for _ in range(300):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(clf(x), y).backward()
-            opt.step()
+        vocab = BagOfWords.from_texts(ex.query for ex in examples)
+        clf = fit_logreg(vocab([ex.query for ex in examples]), torch.tensor(labels), n, ctx.seed)
         self.models[task.name] = (vocab, clf)
         self.label_counts = Counter(labels)
-
-    @staticmethod
-    def _features(vocab, examples):
-        x = torch.zeros(len(examples), len(vocab))
-        for i, ex in enumerate(examples):
-            for w in ex.query.split():
-                if w in vocab:
-                    x[i, vocab[w]] = 1.0
-        return x
 
     async def run(self, examples, task, ctx):
         if task.name not in self.models:
             await self.fit(task, ctx)
         vocab, clf = self.models[task.name]
         with torch.no_grad():
-            logits = clf(self._features(vocab, examples))
+            logits = clf(vocab([ex.query for ex in examples]))
             if self.threshold is None:
                 tiers = logits.argmax(-1).tolist()
             else:
@@ -263,6 +246,44 @@ class TaskRouter(Method):
         return await areason_batch(examples, router, ctx.pool, task, ctx.reason, ctx.model_ids, review=False)
 
 
+class FeatureAllocator(BaseRouter):
+    """A decomposition source (default: gold); each (rendered) step on the tier of the largest logit of a
+    policy (a torch module: bag-of-words features -> one logit per tier)."""
+
+    def __init__(self, name: str, features: BagOfWords, policy: torch.nn.Module, decomposer=None):
+        self.name, self.features, self.policy = name, features, policy
+        self._decomposer = decomposer or GoldDecomposition()
+        self.decomposer_name = self._decomposer.decomposer_name
+
+    def decompose(self, examples, task):
+        return self._decomposer.decompose(examples, task)
+
+    def with_decomposer(self, name: str, decomposer) -> FeatureAllocator:
+        return FeatureAllocator(name, self.features, self.policy, decomposer)
+
+    def tiers(self, texts: list[str]) -> list[int]:
+        with torch.no_grad():
+            return self.policy(self.features(texts)).argmax(-1).tolist()
+
+    def allocate(self, step_texts, examples, n_tiers):
+        return [AllocateDecision(min(t, n_tiers - 1)) for t in self.tiers(step_texts)]
+
+
+class SubtaskAllocator(Method):
+    """A subtask-level allocator whose policy is trained on a floor above this one (`rllib-ppo`: RLlib
+    PPO, in pipelines.bandit): the evaluation sets `router` (a `FeatureAllocator`) before running it.
+    Its decomposition source's steps, no procedural review, like `all:<model>`."""
+
+    def __init__(self, decomposer=None, dec: str = "gold"):
+        self.name, self.router, self.decomposer = f"rllib-ppo@{dec}", None, decomposer or GoldDecomposition()
+
+    async def run(self, examples, task, ctx):
+        if self.router is None:
+            raise RuntimeError(f"{self.name}: no trained policy; pipelines.evaluate trains it "
+                               "(pipelines.bandit) before running it")
+        return await areason_batch(examples, self.router, ctx.pool, task, ctx.reason, ctx.model_ids, review=False)
+
+
 # name -> factory(ctx, argument after ':' or None, decomposer name after '@')
 BASELINES: Registry = Registry("method")
 BASELINES.add("single", single)
@@ -271,6 +292,7 @@ BASELINES.add("random", random_method)
 BASELINES.add("two-tier", lambda ctx, _, dec: TwoTier(ctx.decomposers[dec or "gold"], dec or "gold"))
 BASELINES.add("cascade", lambda ctx, _, dec: Cascade(ctx.decomposers[dec or "gold"], dec or "gold"))
 BASELINES.add("task-router", lambda ctx, _, dec: TaskRouter(ctx.decomposers[dec or "gold"], dec or "gold"))
+BASELINES.add("rllib-ppo", lambda ctx, _, dec: SubtaskAllocator(ctx.decomposers[dec or "gold"], dec or "gold"))
 
 
 def expand(names: list[str], model_ids: list[str]) -> list[str]:
