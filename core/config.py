@@ -227,11 +227,8 @@ class EvalConfig(Strict):
     sweep_threshold: list[float] = [0.5, 0.8, 0.95]
     sweep_mix: list[float] = [0.0, 0.5, 1.0]
     task_router_train: int = Field(400, ge=1)  # train queries per task labelled for the task-router
-<<<<<<< HEAD
     router: str = "r2"  # the headline router: baselines also run on its decomposer, the reference is all:<largest>@it
-=======
     rllib: RllibConfig = RllibConfig()  # the rllib-ppo baseline
->>>>>>> rllib
 
 
 class RouterConfig(Strict):
