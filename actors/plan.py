@@ -88,6 +88,9 @@ def plan_groups(cfg: Config) -> tuple[list[Group], list[str]]:
         note = f"ZeRO-{cfg.train.zero_stage}"
     groups.append(Group("learner", [spec.bundle()] * spec.ranks, spec.placement, note))
     groups.append(Group("rollout", [cfg.train.rollout.bundle()] * cfg.train.rollout_workers, "PACK"))
+    if cfg.train.sampler == "vllm":  # each rollout worker's two policy engines
+        engines = [cfg.train.vllm.bundle()] * (2 * cfg.train.rollout_workers)
+        groups.append(Group("policy engines", engines, "PACK", "vLLM, one per policy and rollout worker"))
     return groups, lines
 
 

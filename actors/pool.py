@@ -43,10 +43,12 @@ class ModelPoolImpl:
         self.inflight: dict[str, list[int]] = {}
         for s in self.specs.values():
             n = s.replicas or replicas
-            spec = s.model_dump(exclude={"price"})
+            spec = s.model_dump(exclude={"price", "python"})
+            opts = {**(server_options or {"num_cpus": 0.25}), "max_concurrency": 1000}
+            if s.python:  # the server's own interpreter, e.g. a venv with vllm
+                opts["runtime_env"] = {"py_executable": s.python}
             self.replicas[s.id] = [
-                ModelServer.options(**(server_options or {"num_cpus": 0.25}), max_concurrency=1000).remote(
-                    s.id, s.backend, spec, batch_window_ms, max_batch)
+                ModelServer.options(**opts).remote(s.id, s.backend, spec, batch_window_ms, max_batch)
                 for _ in range(n)
             ]
             self.inflight[s.id] = [0] * n

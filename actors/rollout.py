@@ -4,7 +4,12 @@ with the sampled tokens' logprobs, for GRPO.
 
 Every rollout call carries the learner's published weights (`WeightRef`: version, object-store
 reference, checksum) of both policies; a worker whose versions differ loads them before it samples.
-So a worker that Ray restarted (and re-ran the call on) never samples with its start-up weights."""
+So a worker that Ray restarted (and re-ran the call on) never samples with its start-up weights.
+
+`train.sampler` says how the worker samples: `hf` holds a `PolicyLM` per policy; `vllm` holds a
+`VLLMPolicy` per policy (`actors.policy_engine`: a vLLM engine actor of the worker's own, started with
+`train.vllm.python`), which `PolicyRouter` drives through the same interface and which reloads the
+published weights in place."""
 from __future__ import annotations
 
 import asyncio
@@ -15,6 +20,7 @@ import ray
 import torch
 
 from actors.placement import actor_device, where
+from actors.policy_engine import VLLMPolicy
 from actors.weight_sync import WeightGroupMember, WeightRef, check_loaded, state_checksum
 from benchmarks.tasks import build_world
 from core.config import Config
@@ -38,13 +44,22 @@ class RolloutWorkerImpl(WeightGroupMember):
         self.cfg = Config.model_validate_json(cfg_json)
         self.tasks = build_world(self.cfg).tasks
         self.pool, self.model_ids, self.seed = pool, model_ids, seed
-        self.policies = {name: PolicyLM.from_pretrained(ensure_local(path), device=actor_device(), lora=self.cfg.train.lora) for name, path in init_dirs.items()}
+        self.policies = {name: self._policy(name, path) for name, path in init_dirs.items()}
         self.version = dict.fromkeys(self.policies, 0)
         self.checksum = {name: self._checksum(name) for name in self.policies}
         self.instance = uuid.uuid4().hex[:12]
 
+    def _policy(self, name: str, path: str) -> PolicyLM | VLLMPolicy:
+        if self.cfg.train.sampler == "vllm":  # the engines start concurrently; _checksum waits for them
+            engine = self.cfg.train.vllm
+            return VLLMPolicy(name, str(ensure_local(path)), engine.options(), engine.python, engine.engine_args)
+        return PolicyLM.from_pretrained(ensure_local(path), device=actor_device(), lora=self.cfg.train.lora)
+
     def _checksum(self, name: str) -> str:
-        return state_checksum(self.policies[name].model.state_dict())
+        policy = self.policies[name]
+        if isinstance(policy, VLLMPolicy):
+            return policy.weights()[1]
+        return state_checksum(policy.model.state_dict())
 
     def _loaded(self, name: str, version: int) -> tuple[int, str]:
         self.version[name], self.checksum[name] = version, self._checksum(name)
@@ -52,7 +67,11 @@ class RolloutWorkerImpl(WeightGroupMember):
 
     def set_weights(self, name: str, state: dict, version: int) -> tuple[int, str]:
         """Load `name`'s published state dict; returns (version, checksum of what was loaded)."""
-        self.policies[name].model.load_state_dict(state)
+        policy = self.policies[name]
+        if isinstance(policy, VLLMPolicy):
+            policy.load_state(state, version)
+        else:
+            policy.model.load_state_dict(state)
         return self._loaded(name, version)
 
     def receive_weights(self, name: str, version: int) -> tuple[int, str]:

@@ -1,4 +1,5 @@
-"""`ModelServer`: an async Ray actor holding one pool model, micro-batching concurrent requests."""
+"""`ModelServer`: an async Ray actor holding one pool model. A backend that batches continuously (vLLM)
+gets every call straight away; for the others the server micro-batches concurrent requests."""
 from __future__ import annotations
 
 import asyncio
@@ -20,9 +21,12 @@ class _Request:
 
 
 class ModelServerImpl:
-    """Requests arriving within `batch_window_ms` of each other (same sampling params) share one batched
-    `generate` call of at most `max_batch` prompts; the backend runs in a thread so the actor keeps
-    accepting requests meanwhile."""
+    """Continuous batching (`backend.continuous_batching`, vLLM): each call goes to the backend's
+    `agenerate` as it arrives, however many are in flight; the engine schedules new requests into its
+    running batch at every step. Micro-batching (hf and the others): requests arriving within
+    `batch_window_ms` of each other (same sampling params) share one batched `generate` call of at most
+    `max_batch` prompts, one batch at a time (or `backend.concurrent_batches`); the backend runs in a
+    thread so the actor keeps accepting requests meanwhile. `batches_run` counts backend calls."""
 
     def __init__(self, model_id: str, backend: str, spec: dict, batch_window_ms: float = 5.0,
                  max_batch: int = 64):
@@ -49,6 +53,11 @@ class ModelServerImpl:
             self._loop_task = asyncio.get_running_loop().create_task(self._batch_loop())
 
     async def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
+        if self.backend.continuous_batching:
+            try:
+                return await self.backend.agenerate(prompts, params)
+            finally:
+                self.batches_run += 1
         self._ensure_loop()
         loop = asyncio.get_running_loop()
         reqs = [_Request(p, params, loop.create_future()) for p in prompts]

@@ -7,17 +7,24 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.storage import Storage
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _absolute(path: str | None) -> str | None:
+    """An interpreter path made absolute against the directory the config is loaded from (Ray starts
+    actors elsewhere); not resolved, since a virtual environment's python is a symlink to its base one."""
+    return os.path.abspath(path) if path else path
 
 
 class PriceConfig(Strict):
@@ -128,6 +135,23 @@ class LearnerConfig(ActorResources):
     placement_timeout_s: float = Field(120.0, gt=0)  # a group that is not placed by then is an error
 
 
+class PolicyEngineConfig(ActorResources):
+    """The vLLM engine actor of one router policy in one rollout worker (`train.sampler: vllm`; see
+    `actors.policy_engine`). `python`: the interpreter Ray starts the actor with (runtime_env
+    `py_executable`), e.g. a virtual environment holding vllm with this cluster's Python and Ray versions
+    and this project; default: the rollout worker's. `engine_args`: vLLM `AsyncEngineArgs` fields
+    (`max_model_len`, `gpu_memory_utilization`, `kv_cache_memory_bytes`, `dtype` (default float32, the
+    learner's precision), ...). A GPU engine asks for `num_gpus`."""
+
+    python: str | None = None
+    engine_args: dict[str, Any] = {}
+
+    @field_validator("python")
+    @classmethod
+    def _python_absolute(cls, v: str | None) -> str | None:
+        return _absolute(v)
+
+
 class ModelShape(Strict):
     """What the memory model needs of a transformer (from its HF config.json): parameters in billions,
     layers, KV heads and head size (the KV cache per token is 2 x layers x kv_heads x head_dim values)."""
@@ -154,7 +178,14 @@ class PoolModelConfig(Strict):
     replicas: int | None = Field(None, ge=1)
     chat: bool = False  # an instruct model: each prompt is one user turn (hf: through its tokenizer's chat
     # template; openai: sent to /v1/chat/completions, where the server applies the template)
+    engine_args: dict[str, Any] = {}  # vllm: AsyncEngineArgs fields (max_model_len, dtype, kv_cache_memory_bytes, ...)
+    python: str | None = None  # the interpreter of this model's server actors (Ray py_executable; default: Ray's)
     shape: ModelShape | None = None  # a self-hosted model's shape, for the memory model (pipelines.train --dry-run)
+
+    @field_validator("python")
+    @classmethod
+    def _python_absolute(cls, v: str | None) -> str | None:
+        return _absolute(v)
 
     @model_validator(mode="after")
     def _where(self) -> PoolModelConfig:
@@ -299,6 +330,8 @@ class TrainConfig(Strict):
     temperature: float = Field(1.0, gt=0)
     rollout_workers: int = Field(2, ge=1)
     rollout: ActorResources = ActorResources()  # each rollout worker
+    sampler: Literal["hf", "vllm"] = "hf"  # how rollout workers sample the policies: transformers or vLLM engines
+    vllm: PolicyEngineConfig = PolicyEngineConfig()  # each policy engine (sampler: vllm)
     learner: LearnerConfig = LearnerConfig()
     weight_sync: Literal["object_store", "collective"] = "object_store"  # collective: NCCL/gloo broadcast
     sync_backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl with a GPU, else gloo
@@ -308,6 +341,15 @@ class TrainConfig(Strict):
     cost_ref_queries: int = Field(100, ge=1)
     seed: int = 0  # GRPO's sampling seed (the world keeps `seed`); seed k > 0 writes `*-seed{k}` outputs
     demo_seeds: list[int] = [0, 1]  # GRPO runs of the main job (their spread is reported)
+
+    @model_validator(mode="after")
+    def _sampler_sync(self) -> TrainConfig:
+        if self.sampler == "vllm" and self.weight_sync != "object_store":
+            raise ValueError("sampler vllm takes its weights through the object store (weight_sync: object_store); "
+                             "a broadcast into the engines is not implemented")
+        if self.sampler == "vllm" and self.lora is not None:
+            raise ValueError("sampler vllm reloads whole weights: LoRA adapters (train.lora) need sampler hf")
+        return self
 
     @property
     def suffix(self) -> str:

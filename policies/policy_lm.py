@@ -21,6 +21,13 @@ class Sample:
     logprobs: list[float]  # the sampling distribution's logprobs of the sampled tokens
 
 
+def decode_sample(tokenizer, token_ids: list[int], logprobs: list[float]) -> Sample:
+    """A sampled completion as a `Sample`: its text leaves out EOS and special tokens."""
+    eos = tokenizer.eos_token_id
+    return Sample(tokenizer.decode([t for t in token_ids if t != eos], skip_special_tokens=True).strip(),
+                  list(token_ids), list(logprobs))
+
+
 class PolicyLM:
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
@@ -117,11 +124,7 @@ class PolicyLM:
             step_ids = tok[:, None]
             attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype, device=attn.device)], dim=1)
             pos = pos[:, -1:] + 1
-        return [
-            Sample(self.tokenizer.decode([t for t in ids_ if t != self.eos_id], skip_special_tokens=True).strip(),
-                   ids_, lps)
-            for ids_, lps in zip(out_ids, out_lp)
-        ]
+        return [decode_sample(self.tokenizer, ids_, lps) for ids_, lps in zip(out_ids, out_lp)]
 
     def token_logprobs(self, prompts: list[str], completions: list[list[int]],
                        temperature: float = 1.0, allowed: list[list[int]] | None = None) -> list[torch.Tensor]:

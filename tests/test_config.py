@@ -24,6 +24,7 @@ def test_overrides_set_nested_values():
     ("zoo.models.3.price.ref=null", "zoo.models.3.price"),
     ("tasks.facts.zipff=1", "tasks.facts.zipff"),
     ("wandb.mode=loud", "wandb.mode"),
+    ("train.sampler=sglang", "train.sampler"),
 ])
 def test_invalid_values_name_the_field(override, field):
     with pytest.raises(ConfigError) as err:
@@ -84,3 +85,15 @@ def test_base_errors_name_the_file(tmp_path):
     (tmp_path / "b.yaml").write_text("- a list\n")
     with pytest.raises(ConfigError, match="b.yaml: expected a mapping"):
         load_config(tmp_path / "a.yaml")
+
+
+def test_vllm_sampler_settings(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(CONFIGS / "tiny.yaml", ["train.sampler=vllm", "train.vllm.python=.venv-vllm/bin/python",
+                                              "train.vllm.engine_args={max_model_len: 256}"])
+    # made absolute where the config is loaded (Ray starts the actor elsewhere), not resolved (a symlink)
+    assert cfg.train.vllm.python == str(tmp_path / ".venv-vllm" / "bin" / "python")
+    assert cfg.train.vllm.engine_args == {"max_model_len": 256}
+    assert Config.model_validate_json(cfg.model_dump_json()).train.vllm.python == cfg.train.vllm.python
+    with pytest.raises(ConfigError, match="train: .*sampler vllm takes its weights through the object store"):
+        load_config(CONFIGS / "tiny.yaml", ["train.sampler=vllm", "train.weight_sync=collective"])

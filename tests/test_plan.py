@@ -32,6 +32,10 @@ def test_paper_plan_and_an_impossible_learner():
     groups, models = plan_groups(cfg)
     assert len(models) == 9
     assert {g.name: g.gpus for g in groups}["pool:qwen2.5-72b#0"] == 4
+    assert "policy engines" not in {g.name for g in groups}
+    vllm = load_config("configs/paper.yaml", ["train.sampler=vllm", "train.vllm.num_gpus=0.5"])
+    engines = {g.name: g for g in plan_groups(vllm)[0]}["policy engines"]
+    assert len(engines.bundles) == 2 * vllm.train.rollout_workers and engines.bundles[0]["GPU"] == 0.5
     big = load_config("configs/paper.yaml", ["plan.policy.params_b=72", "train.learner.ranks=2"])
     with pytest.raises(ValueError, match="train.learner.ranks: 2 ZeRO-2 ranks need"):
         plan_groups(big)

@@ -1,4 +1,4 @@
-"""Small helpers shared by unit tests."""
+"""Small helpers shared by tests."""
 from functools import lru_cache
 
 
@@ -17,3 +17,28 @@ SMALL = ["labels.max_per_task=24", "labels.fraction=0.02", "labels.decomposition
          "train.sft_epochs=1", "train.sft_epochs_decomposer=2", "train.sft_batch=16",
          "train.queries_per_step=8", "train.group_size=2", "train.rollout_workers=2",
          "train.alternate_every=1", "train.cost_ref_queries=8", "train.zero_stage=2", "wandb.mode=disabled"]
+
+
+SHARP_WORDS = "what is one two three four five six seven plus minus times jump walk left right twice".split()
+
+
+def sharp_tiny_llama(path, hidden: int, heads: int, seed: int = 0, words: list[str] = SHARP_WORDS,
+                     max_positions: int = 128):
+    """An untrained tiny Llama saved as an HF folder, whose attention and logits are sharp enough that a
+    wrong rotary mapping or softmax scale shows, and whose greedy continuations vary (random-init ones
+    repeat one token)."""
+    import torch
+
+    from policies.tiny_lm import build_model, build_tokenizer, save
+
+    tok = build_tokenizer(list(words))
+    model = build_model(tok, hidden=hidden, layers=2, heads=heads, intermediate=2 * hidden,
+                        max_positions=max_positions, seed=seed)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(10)
+            layer.self_attn.k_proj.weight.mul_(10)
+            layer.mlp.up_proj.weight.mul_(10 / 3)
+            layer.mlp.down_proj.weight.mul_(10)
+    save(model, tok, path)
+    return path

@@ -12,6 +12,9 @@ class Backend(abc.ABC):
     """A loaded model that turns a batch of prompts into completions."""
 
     name: ClassVar[str]
+    # True: the backend batches requests itself as they arrive (vLLM's continuous batching) and offers
+    # `async agenerate(prompts, params)`; `ModelServer` then hands each call straight to it
+    continuous_batching: ClassVar[bool] = False
 
     def __init__(self, model_id: str, spec: dict[str, Any]):
         self.model_id = model_id

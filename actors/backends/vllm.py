@@ -33,7 +33,13 @@ default `logprobs_mode="raw_logprobs"`, one logprob per step requested with `log
 are vLLM's output ids, which end with EOS when one was generated; `text` is
 `tokenizer.decode(token_ids, skip_special_tokens=True).strip()`. Each prompt is its own request (one
 request id each), all submitted at once so vLLM batches them; `latency_s` is that request's time from
-submission to its final output.
+submission to its final output. The backend batches continuously (`continuous_batching`): a
+`ModelServer` hands every call straight to `agenerate`, and the engine adds its requests to the running
+batch at the next step, however many calls are in flight.
+
+`VLLMBackend` is also the base of the router policies' engines (`actors.policy_engine`), which reload
+weights in place through `WeightReloadExtension`, a vLLM worker extension, and `pad_state` (the head
+padding of a state dict, as `pad_head_dim` applies it to a checkpoint).
 """
 from __future__ import annotations
 
@@ -112,27 +118,18 @@ def _dim_map(d: int, size: int) -> list[int]:
     return [i * r for i in range(half)] + [size // 2 + i * r for i in range(half)]
 
 
-def pad_head_dim(src: str | Path, dst: str | Path, size: int) -> Path:
-    """Write to `dst` a copy of the HF checkpoint `src` (Llama-style attention, default rotary embedding)
-    whose attention heads have `size` dimensions instead of d; the model computes the same function."""
-    import torch  # lazy: this module is importable without torch (the vllm venv's driver side)
-    from safetensors.torch import load_file, save_file
-
-    src, dst = Path(src), Path(dst)
-    config = json.loads((src / "config.json").read_text())
-    model_type = config.get("model_type")
-    if model_type not in PADDABLE_MODEL_TYPES:
-        raise ValueError(f"head padding supports model types {PADDABLE_MODEL_TYPES}, not {model_type!r}")
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default" or config.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ValueError(f"head padding needs the default full rotary embedding, not {rope_type!r}")
-    d = head_dim_of(config)
+def _check_sizes(d: int, size: int) -> None:
     if size % d or d % 2:
         raise ValueError(f"cannot pad head size {d} to {size}: it must be an even divisor of {size}")
-    weights = sorted(src.glob("*.safetensors"))
-    if not weights:
-        raise ValueError(f"{src} holds no .safetensors weights")
+
+
+def pad_state(tensors: dict[str, Any], d: int, size: int) -> dict[str, Any]:
+    """The attention tensors of a Llama-style state dict (HF names) with heads of `d` dimensions padded to
+    `size` (see the module docstring); other tensors are passed through. Used for checkpoints and for
+    the weights a vLLM policy engine reloads."""
+    import torch  # lazy: this module is importable without torch (the vllm venv's driver side)
+
+    _check_sizes(d, size)
     idx = torch.tensor(_dim_map(d, size))
     q_scale = math.sqrt(size / d)
 
@@ -150,25 +147,64 @@ def pad_head_dim(src: str | Path, dst: str | Path, size: int) -> Path:
         new[:, :, idx] = old
         return new.reshape(w.shape[0], heads * size)
 
+    out = {}
+    for name, t in tensors.items():
+        if name.endswith("self_attn.q_proj.weight") or name.endswith("self_attn.q_proj.bias"):
+            t = pad_rows(t, q_scale)
+        elif any(name.endswith(f"self_attn.{p}_proj.{k}") for p in "kv" for k in ("weight", "bias")):
+            t = pad_rows(t)
+        elif name.endswith("self_attn.o_proj.weight"):
+            t = pad_cols(t)
+        out[name] = t.contiguous()
+    return out
+
+
+def pad_head_dim(src: str | Path, dst: str | Path, size: int) -> Path:
+    """Write to `dst` a copy of the HF checkpoint `src` (Llama-style attention, default rotary embedding)
+    whose attention heads have `size` dimensions instead of d; the model computes the same function."""
+    from safetensors.torch import load_file, save_file  # lazy: this module is importable without torch
+
+    src, dst = Path(src), Path(dst)
+    config = json.loads((src / "config.json").read_text())
+    model_type = config.get("model_type")
+    if model_type not in PADDABLE_MODEL_TYPES:
+        raise ValueError(f"head padding supports model types {PADDABLE_MODEL_TYPES}, not {model_type!r}")
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default" or config.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError(f"head padding needs the default full rotary embedding, not {rope_type!r}")
+    d = head_dim_of(config)
+    _check_sizes(d, size)
+    weights = sorted(src.glob("*.safetensors"))
+    if not weights:
+        raise ValueError(f"{src} holds no .safetensors weights")
     dst.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
         if f.is_file() and f.suffix != ".safetensors" and f.name != "config.json":
             shutil.copy2(f, dst / f.name)
     for f in weights:
-        tensors = load_file(str(f))
-        out = {}
-        for name, t in tensors.items():
-            if name.endswith("self_attn.q_proj.weight") or name.endswith("self_attn.q_proj.bias"):
-                t = pad_rows(t, q_scale)
-            elif any(name.endswith(f"self_attn.{p}_proj.{k}") for p in "kv" for k in ("weight", "bias")):
-                t = pad_rows(t)
-            elif name.endswith("self_attn.o_proj.weight"):
-                t = pad_cols(t)
-            out[name] = t.contiguous()
-        save_file(out, str(dst / f.name), metadata={"format": "pt"})
+        save_file(pad_state(load_file(str(f)), d, size), str(dst / f.name), metadata={"format": "pt"})
     config["head_dim"] = size
     (dst / "config.json").write_text(json.dumps(config, indent=2))
     return dst
+
+
+class WeightReloadExtension:
+    """A vLLM worker extension (engine arg `worker_extension_cls`, methods called by name through
+    `collective_rpc`): reload the weights in place from a folder of safetensors files (Hugging Face
+    names), with the output head refreshed when it is tied to the embedding. vLLM's layer-wise reload
+    skips a tied `lm_head` (nothing in the checkpoint names it) and restores its old kernel tensors; on
+    CPU the head computes with a packed copy of the embedding made at load time, which would keep the old
+    weights, so its post-load processing runs again from the reloaded embedding."""
+
+    def reload_weights_from(self, folder: str) -> None:
+        self.reload_weights(weights_path=folder)
+        model = self.model_runner.get_model()
+        head = getattr(model, "lm_head", None)
+        if head is not None and getattr(self.vllm_config.model_config.hf_config, "tie_word_embeddings", False):
+            method = getattr(head, "quant_method", None)
+            if method is not None:
+                method.process_weights_after_loading(head)
 
 
 class _LoopThread:
@@ -198,8 +234,11 @@ class _LoopThread:
 class VLLMBackend(Backend):
     """vLLM's AsyncLLMEngine (the v1 `AsyncLLM`) behind the Backend interface; see the module docstring."""
 
+    continuous_batching = True  # the engine schedules every submitted request at once (`agenerate`)
+
     def __init__(self, model_id: str, spec: dict[str, Any]):
         super().__init__(model_id, spec)
+        self.head_pad: tuple[int, int] | None = None  # (d, size) when served from a head-padded copy
         AsyncEngineArgs, AsyncLLMEngine, VSamplingParams, RequestOutputKind = _import_vllm()
         self._VSamplingParams, self._final_only = VSamplingParams, RequestOutputKind.FINAL_ONLY
         if not spec.get("path"):
@@ -259,6 +298,7 @@ class VLLMBackend(Backend):
         if d in supported:
             return path
         size = padded_head_dim(d, supported)
+        self.head_pad = (d, size)
         self._tmp = tempfile.mkdtemp(prefix=f"vllm-{self.model_id}-")
         return pad_head_dim(path, self._tmp, size)
 
@@ -274,19 +314,30 @@ class VLLMBackend(Backend):
             kw.update(temperature=params.temperature, top_p=params.top_p)
         return self._VSamplingParams(**kw)
 
-    async def _one(self, prompt: str, sp) -> Completion:
-        start = time.perf_counter()
+    async def _request(self, prompt, sp):
+        """One request (a prompt string, or a `{"prompt_token_ids": [...]}` dict); its final output."""
         final = None
         async for out in self._engine.generate(prompt, sp, request_id=f"{self.model_id}-{uuid.uuid4().hex}"):
             final = out
-        latency = time.perf_counter() - start
         if final is None or not final.outputs:  # pragma: no cover - vLLM always ends with one output
             raise RuntimeError(f"vllm returned no output for a request to {self.model_id!r}")
-        c = final.outputs[0]
+        return final
+
+    @staticmethod
+    def _token_logprobs(c) -> tuple[list[int], list[float]]:
+        """A completion's token ids and the logprob vLLM reported for each (requested with logprobs=0)."""
         ids = list(c.token_ids)
         logprobs = [float(step[t].logprob) for t, step in zip(ids, c.logprobs or [])]
         if len(logprobs) != len(ids):  # pragma: no cover - asked for logprobs=0, one per token
             raise RuntimeError(f"vllm returned {len(logprobs)} logprobs for {len(ids)} tokens")
+        return ids, logprobs
+
+    async def _one(self, prompt: str, sp) -> Completion:
+        start = time.perf_counter()
+        final = await self._request(prompt, sp)
+        latency = time.perf_counter() - start
+        c = final.outputs[0]
+        ids, logprobs = self._token_logprobs(c)
         return Completion(
             text=self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
             token_ids=ids, token_logprobs=logprobs,
@@ -294,9 +345,10 @@ class VLLMBackend(Backend):
             latency_s=latency, model_id=self.model_id, finish_reason=c.finish_reason or "stop",
         )
 
-    async def _generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
-        sp = self._sampling(params)
-        tasks = [asyncio.ensure_future(self._one(p, sp)) for p in prompts]
+    @staticmethod
+    async def _all(coros) -> list:
+        """Run request coroutines concurrently (vLLM batches them); on failure the rest are aborted."""
+        tasks = [asyncio.ensure_future(c) for c in coros]
         try:
             return list(await asyncio.gather(*tasks))
         except BaseException:
@@ -304,10 +356,19 @@ class VLLMBackend(Backend):
                 t.cancel()
             raise
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
+    async def _generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
+        sp = self._sampling(params)
+        return await self._all(self._one(p, sp) for p in prompts)
+
+    def _run(self, coro):
+        """Run a coroutine on the engine's loop from synchronous code."""
         if self._engine is None:
+            coro.close()
             raise RuntimeError(f"vllm backend {self.model_id!r} is closed")
-        return self._loop.run(self._generate(list(prompts), params))
+        return self._loop.run(coro)
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
+        return self._run(self._generate(list(prompts), params))
 
     async def agenerate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
         """`generate` for async callers (e.g. an async Ray actor): runs on the backend's own loop and

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests_support import sharp_tiny_llama
 
 from actors.backends import make_backend
 from core.prompts import format_prompt
@@ -57,26 +58,6 @@ def test_clear_error_without_vllm(tmp_path):
         make_backend("vllm", "m", {"path": str(tmp_path)})
 
 
-def _sharp_tiny_llama(path: Path, hidden: int, heads: int, seed: int = 0) -> Path:
-    """An untrained tiny Llama whose attention and logits are sharp enough that a wrong rotary mapping or
-    softmax scale shows, and whose greedy continuations vary (random-init ones repeat one token)."""
-    import torch
-
-    from policies.tiny_lm import build_model, build_tokenizer, save
-
-    words = "what is one two three four five six seven plus minus times jump walk left right twice".split()
-    tok = build_tokenizer(words)
-    model = build_model(tok, hidden=hidden, layers=2, heads=heads, intermediate=2 * hidden, seed=seed)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.q_proj.weight.mul_(10)
-            layer.self_attn.k_proj.weight.mul_(10)
-            layer.mlp.up_proj.weight.mul_(10 / 3)
-            layer.mlp.down_proj.weight.mul_(10)
-    save(model, tok, path)
-    return path
-
-
 @pytest.mark.parametrize("hidden,heads,size", [(24, 2, 96), (64, 4, 32), (160, 4, 80), (8, 1, 32)])
 def test_head_padding_computes_the_same_function(tmp_path, monkeypatch, hidden, heads, size):
     import torch
@@ -84,7 +65,7 @@ def test_head_padding_computes_the_same_function(tmp_path, monkeypatch, hidden, 
 
     from actors.backends import vllm as vb
 
-    src = _sharp_tiny_llama(tmp_path / "src", hidden, heads)
+    src = sharp_tiny_llama(tmp_path / "src", hidden, heads)
     assert vb.padded_head_dim(hidden // heads) == size
     dst = vb.pad_head_dim(src, tmp_path / "dst", size)
     assert vb.head_dim_of(json.loads((dst / "config.json").read_text())) == size
@@ -107,8 +88,8 @@ def run_probe(model_path: Path, calls: list[dict], tmp: Path) -> dict:
     request, result = tmp / "request.json", tmp / "result.json"
     request.write_text(json.dumps({"model_id": "m", "spec": {"path": str(model_path), **ENGINE}, "calls": calls}))
     python = os.path.abspath(VLLM_PYTHON)  # not resolve(): a venv's python is a symlink to the base one
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
+    # the checkout under test, whatever the vllm venv's editable install points at
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([python, str(PROBE), str(request), str(result)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     if proc.returncode != 0 or not result.exists():
@@ -148,7 +129,7 @@ def zoo_case(zoo_model_dir, zoo_config, tmp_path_factory):
 def built_case(tmp_path_factory):
     if not VLLM_PYTHON:
         pytest.skip(NO_VLLM_PYTHON)
-    path = _sharp_tiny_llama(tmp_path_factory.mktemp("built") / "h32", hidden=64, heads=2)
+    path = sharp_tiny_llama(tmp_path_factory.mktemp("built") / "h32", hidden=64, heads=2)
     prompts = [format_prompt(q) for q in
                ["what is one plus two", "five minus four", "jump twice", "walk left", "six times seven",
                 "one", "what is three", "right right left"]]
