@@ -4,8 +4,9 @@
     r2r route --run runs/tiny/router/grpo "jump twice after walk left"
 
 Prints the decomposition, the allocation, each step's model, answer, confidence and cost, the final
-answer and the total cost. Uses the trained router in `--run` or `router.path` when there is one;
-otherwise an untrained router initialised from a zoo checkpoint, and says so. The query's task is
+answer and the total cost. Uses the trained router in `--run`, or `router.path`, or the run's own
+GRPO-trained router (`<run_dir>/router/grpo`, as `make demo` leaves it); otherwise an untrained router
+initialised from a zoo checkpoint, and says so. The query's task is
 inferred through the task registry; a query without a known gold answer is routed, not scored.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rich.table import Table
 from core.config import config_from_args, config_parser
 from core.console import console as make_console
 from pipelines.controller import Router
+from pipelines.runs import default_router
 
 
 def main(argv: list[str] | None = None):
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None):
     config_given = "--config" in (sys.argv[1:] if argv is None else argv)
     try:
         router = Router.from_run(args.run, args.config if config_given else None, args.overrides) if args.run \
-            else Router(config_from_args(args))
+            else Router(cfg := config_from_args(args), default_router(cfg))
         router.world.infer(args.query, args.task)  # fail on an unknown task before Ray starts
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(str(err)) from None

@@ -41,6 +41,15 @@ def router_dir(cfg: Config, stage: str) -> Path:
     return cfg.run_path / "router" / stage
 
 
+def default_router(cfg: Config) -> str | None:
+    """The router `route` and `serve router` use without a flag: `router.path`, else the run's GRPO-trained
+    router when training has written one, else None (the config's untrained router)."""
+    if cfg.router.path:
+        return cfg.router.path
+    grpo = router_dir(cfg, "grpo")
+    return str(grpo) if (grpo / "allocator").exists() else None
+
+
 def labels_path(cfg: Config) -> Path:
     return cfg.run_path / "labels" / "labels.jsonl"
 

@@ -47,6 +47,7 @@ from core.storage import local_copy
 from core.types import Completion, SamplingParams
 from pipelines.openai_api import APIError, api_key, check_max_tokens, harden
 from pipelines.router_api import MODEL_NAME, router_api
+from pipelines.runs import default_router
 
 POOL_APP = "pool"
 ROUTER_APP = "router"
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     router = sub.add_parser("router", help="serve the trained router as an OpenAI-compatible API (model r2-router)")
     add_config_args(router)
     router.add_argument("--router", metavar="DIR", help="a trained router folder or URI (default: router.path, "
-                                                        "else the config's untrained router)")
+                                                        "else <run_dir>/router/grpo, else the untrained router)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     if not os.environ.get("RAY_ADDRESS"):  # a fresh local Ray: the port must be ours to take
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "pool":
             run_pool_endpoint(cfg, blocking=True)
         else:
-            run_router_endpoint(cfg, args.router or cfg.router.path, blocking=True)
+            run_router_endpoint(cfg, args.router or default_router(cfg), blocking=True)
     except (FileNotFoundError, ValueError) as err:  # a pool or router the config cannot build
         raise SystemExit(f"error: {err}") from None
 

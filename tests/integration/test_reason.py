@@ -123,11 +123,13 @@ def test_evaluate_writes_results_and_plot(zoo_config, ray_local, tmp_path):
     assert (tmp_path / "pareto.png").stat().st_size > 10_000
 
 
-def test_route_cli_shows_every_decision(zoo_config, ray_local, capsys):
+def test_route_cli_shows_every_decision(zoo_config, ray_local, capsys, tmp_path):
     from pipelines.route import main
 
     world_query = "jump twice after walk left"
-    t = main(["--config", "configs/test.yaml", "--set", f"run_dir={zoo_config.run_dir}", world_query])
+    # a run without a trained router (the test zoo's own run may hold one)
+    t = main(["--config", "configs/test.yaml", "--set", f"run_dir={tmp_path}", "--set", f"zoo.dir={zoo_config.zoo_dir}",
+              world_query])
     out = capsys.readouterr().out
     assert "UNTRAINED router" in out and "final answer:" in out and "total cost:" in out
     assert [s.text for s in t.steps] == ["walk left", "jump twice"]  # gold decomposition until trained

@@ -51,6 +51,18 @@ def test_evaluation_prices_the_routers_own_tokens(sft_config, tmp_path):
     assert "cost_cut_vs_reference_with_router" in r2
 
 
+def test_route_uses_the_runs_trained_router_without_flags(sft_config, tmp_path, capsys):
+    import shutil
+
+    from pipelines.route import main
+    from pipelines.runs import router_dir
+
+    shutil.copytree(router_dir(sft_config, "sft"), tmp_path / "router" / "grpo")  # as training leaves it
+    main(["--config", "configs/test.yaml", "--set", f"run_dir={tmp_path}", "--set", f"zoo.dir={sft_config.zoo_dir}",
+          "walk twice and look"])
+    assert f"trained router from {tmp_path / 'router' / 'grpo'}" in capsys.readouterr().out
+
+
 def test_labels_cover_both_policies(sft_config):
     import json
 
