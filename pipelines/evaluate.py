@@ -5,15 +5,19 @@
 Writes `<run_dir>/eval/results.json`:
 `{"reference": "all:<largest>", "methods": {name: {accuracy, cost_per_query, reward, latency_per_query,
 calls_per_query, n, decomposer, tasks: {...}, curve}}, "aiq": {name: value}, ...}`, the Pareto plot
-`pareto.png`, and a markdown table on stdout (and a W&B table when W&B is enabled).
+`pareto.png`, and a markdown table on stdout (and a W&B table when W&B is enabled). `results.json` is
+written whole, once every method has run: a run that fails (a pool actor that died for good, say) ends
+with one line saying so and writes no results.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import ray
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from actors.runtime import pool_session
@@ -22,6 +26,7 @@ from benchmarks.tasks import build_world
 from core.config import Config, config_from_args, config_parser
 from core.console import console as make_console
 from pipelines.runs import cost_ref as run_cost_ref
+from pipelines.runs import write_whole
 from policies.baselines import Context, FixedRouter, RouterMethod, TaskRouter, expand, make_method
 from policies.load import trained_router
 from policies.reward import reward
@@ -41,6 +46,20 @@ def metrics(trajs, cost_ref: dict[str, float], cfg: Config) -> dict:
         "format_ok": sum(t.format_ok for t in trajs) / n,
         "n": n,
     }
+
+
+class EvaluationFailed(RuntimeError):
+    """An evaluation that cannot finish; its message is one line."""
+
+
+@contextmanager
+def pool_alive(what: str):
+    """A pool actor that died for good (Ray restarts each a bounded number of times) ends the evaluation."""
+    try:
+        yield
+    except ray.exceptions.RayActorError as err:
+        raise EvaluationFailed(f"a pool actor died for good during {what} ({type(err).__name__}); "
+                               "no results were written") from err
 
 
 def router_method(cfg: Config, name: str, path: str | Path, model_ids: list[str]):
@@ -87,7 +106,8 @@ def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], 
     results: dict = {"reference": None, "methods": {}, "aiq": {}, "config": cfg.name,
                      "tasks": {k: len(v) for k, v in tests.items()},
                      "prices": "tiny pool priced on the paper pool's price ladder (USD per 1M tokens)"}
-    cost_ref = run_cost_ref(cfg, pool, model_ids, tasks)  # the train split's, as training used
+    with pool_alive("the reference cost"):
+        cost_ref = run_cost_ref(cfg, pool, model_ids, tasks)  # the train split's, as training used
     columns = [TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     runs = len(methods) * len(tests) + sum(len(s) for s in sweeps.values()) * len(tests)
     start = time.perf_counter()
@@ -98,7 +118,8 @@ def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], 
             trajs = []
             for tname, exs in tests.items():
                 progress.update(bar, description=f"{method.name} on {tname}")
-                trajs += asyncio.run(method.run(exs, tasks[tname], ctx))
+                with pool_alive(f"{method.name} on {tname}"):
+                    trajs += asyncio.run(method.run(exs, tasks[tname], ctx))
                 progress.advance(bar)
             return trajs
 
@@ -128,8 +149,7 @@ def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], 
         m, r = results["methods"][name], results["methods"][ref_name]
         m["own_decomposition_reference"] = {"method": ref_name, "accuracy_loss": r["accuracy"] - m["accuracy"],
                                             "cost_cut": 1 - m["cost_per_query"] / r["cost_per_query"]}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    write_whole(out_dir / "results.json", json.dumps(results, indent=2))
     report.pareto_png(results["methods"], reference, out_dir / "pareto.png",
                       f"{cfg.name}: {sum(results['tasks'].values())} test queries ({', '.join(tests)}); "
                       f"reference {reference}")
@@ -165,7 +185,10 @@ def main(argv: list[str] | None = None) -> dict:
     console = make_console()
     out = Path(args.out) if args.out else Path(cfg.run_dir) / "eval"
     routers = dict(r.split("=", 1) if "=" in r else (Path(r).name, r) for r in args.router)
-    results = evaluate(cfg, args.methods or cfg.eval.methods, args.limit or cfg.eval.limit, out, console, routers)
+    try:
+        results = evaluate(cfg, args.methods or cfg.eval.methods, args.limit or cfg.eval.limit, out, console, routers)
+    except EvaluationFailed as err:
+        raise SystemExit(f"evaluation failed: {err}") from None
     console.print(report.markdown_table(results), markup=False)
     console.print(f"results: {out / 'results.json'}  plot: {out / 'pareto.png'}  ({results['wall_seconds']}s)")
     return results

@@ -30,7 +30,7 @@ from actors.rollout import RolloutWorker
 from actors.runtime import pool_session
 from actors.weight_sync import CollectiveSync, ObjectStoreSync, WeightRef, check_loaded, make_sync
 from benchmarks.tasks import TASKS, build_world
-from core.checkpoints import latest_valid, prune, step_dir, write_manifest
+from core.checkpoints import CheckpointError, latest_valid, prune, step_dir, write_manifest
 from core.config import Config, config_from_args, config_parser
 from core.console import console as make_console
 from pipelines.runs import cost_ref, router_dir, save_router_meta
@@ -222,12 +222,22 @@ class Trainer:
 
     def checkpoint(self) -> Path:
         """The learner's state and the driver's (its own step included) in a new step folder, valid once
-        its manifest is written; older ones beyond `train.keep_checkpoints` go."""
+        its manifest is written; older ones beyond `train.keep_checkpoints` go, once it is. A folder that
+        cannot be written (disk full, a file in its place, ...) is a `CheckpointError` naming it and the
+        newest complete checkpoint, which stays as it was."""
         ckpt = step_dir(self.ckpt_root, self.state["step"])
-        shutil.rmtree(ckpt, ignore_errors=True)  # a partial one from a killed run
-        ckpt.mkdir(parents=True)
-        self.learner.save_checkpoint(str(ckpt), self.state)
-        write_manifest(ckpt, {"step": self.state["step"]})
+        try:
+            if ckpt.is_dir():
+                shutil.rmtree(ckpt)  # a partial one from a killed run
+            ckpt.mkdir(parents=True)
+            self.learner.save_checkpoint(str(ckpt), self.state)
+            write_manifest(ckpt, {"step": self.state["step"]})
+        except (OSError, ray.exceptions.RayTaskError) as err:
+            cause = getattr(err, "cause", None) or err  # a learner's error comes wrapped by Ray
+            why = f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0]}"
+            newest = latest_valid(self.ckpt_root)[0]
+            then = f"{newest.name}, unchanged (--resume continues from it)" if newest else "none"
+            raise CheckpointError(f"cannot write checkpoint {ckpt} ({why}); the newest complete one is {then}") from err
         prune(self.ckpt_root, self.cfg.train.keep_checkpoints)
         return ckpt
 
@@ -325,9 +335,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit(dry_run(cfg, console, args.cluster))
     start = time.perf_counter()
     trainer = Trainer(cfg, console, resume=args.resume)
-    with Progress(console=console) as progress:
-        history = trainer.fit(progress=progress)
-    trainer.close()
+    try:
+        with Progress(console=console) as progress:
+            history = trainer.fit(progress=progress)
+    except CheckpointError as err:
+        raise SystemExit(f"train: {err}") from None
+    finally:
+        trainer.close()
     if history:
         phases = {p: [h for h in history if h["phase"] == p] for p in POLICIES}
         for p, hs in phases.items():
