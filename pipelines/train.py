@@ -235,6 +235,8 @@ class Trainer:
         except (OSError, ray.exceptions.RayTaskError) as err:
             cause = getattr(err, "cause", None) or err  # a learner's error comes wrapped by Ray
             why = f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0]}"
+            if self.ckpt_root.is_dir():  # a full disk shows as such, whatever the writer's own error says
+                why += f"; {shutil.disk_usage(self.ckpt_root).free / 2**20:.1f} MiB free there"
             newest = latest_valid(self.ckpt_root)[0]
             then = f"{newest.name}, unchanged (--resume continues from it)" if newest else "none"
             raise CheckpointError(f"cannot write checkpoint {ckpt} ({why}); the newest complete one is {then}") from err

@@ -56,7 +56,7 @@ def test_an_unwritable_checkpoint_folder_is_a_clear_error_and_the_last_checkpoin
 
     cfg = load_config(ROOT / "configs" / "test.yaml", [
         f"run_dir={tmp_path / 'run'}", f"zoo.dir={zoo_config.zoo_dir}", *SMALL, "train.queries_per_step=4",
-        "train.rollout_workers=1", "train.checkpoint_every=1", "train.keep_checkpoints=1", "train.grpo_steps=3"])
+        "train.cost_ref_queries=4", "train.rollout_workers=1", "train.checkpoint_every=1", "train.keep_checkpoints=1", "train.grpo_steps=3"])
     sft = router_dir(cfg, "sft")  # both policies start from the smallest zoo model (no label search)
     for policy in ("decomposer", "allocator"):
         shutil.copytree(zoo_config.zoo_dir / zoo_config.zoo.models[0].name, sft / policy)
@@ -92,6 +92,7 @@ def test_an_unwritable_checkpoint_folder_is_a_clear_error_and_the_last_checkpoin
                 trainer.checkpoint()
             message = str(err.value)
             assert "\n" not in message and "step-00000002" in message and "step-00000001, unchanged" in message
+            assert "MiB free there" in message  # a full disk shows as such, whatever the writer's own error says
             assert not (blocker / MANIFEST).exists()  # the partial one is not taken for complete
         else:
             shutil.rmtree(trainer.ckpt_root)

@@ -103,7 +103,7 @@ def test_a_model_server_sigkilled_mid_rollout_batch(config, ray_local):
 
 
 EVAL = ["eval.tasks=[facts, scan]", "eval.sweep_tau=[]", "pool.batch_window_ms=300"]
-METHODS, LIMIT = ["all:t-1", "random", "single:t-2"], 6
+METHODS, LIMIT = ["random"], 6  # and the reference, all:t-4
 
 
 def comparable(results: dict) -> dict:
