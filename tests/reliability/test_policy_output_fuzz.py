@@ -126,8 +126,9 @@ def test_chat_template_outputs(tokenizers, world, query, output, answers, correc
     check_format_reward(d, correct, cost)
 
 
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
 @CASES
-@given(st.sampled_from(sorted(TEMPLATES)), st.lists(STEP, min_size=1, max_size=MAX_STEPS))
+@given(steps=st.lists(STEP, min_size=1, max_size=MAX_STEPS))
 def test_every_templates_target_parses_back_well_formed(name, steps):
     """What SFT teaches a template's decomposer to write is what its parser reads, with the format bonus."""
     tpl = TEMPLATES.lookup(name)()
