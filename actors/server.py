@@ -3,6 +3,7 @@ gets every call straight away; for the others the server micro-batches concurren
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass, field
 
 import ray
@@ -100,7 +101,8 @@ class ModelServerImpl:
         return len(self.queue)
 
     def stats(self) -> dict:
-        return {"model_id": self.model_id, "queue": len(self.queue), "batches_run": self.batches_run}
+        return {"model_id": self.model_id, "queue": len(self.queue), "batches_run": self.batches_run,
+                "pid": os.getpid()}
 
 
 ModelServer = ray.remote(max_restarts=2, max_task_retries=2)(ModelServerImpl)

@@ -11,6 +11,10 @@ MANIFEST = "manifest.json"
 PREFIX = "step-"
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that could not be written (its message is one line); older ones are untouched."""
+
+
 def step_dir(root: str | Path, step: int) -> Path:
     return Path(root) / f"{PREFIX}{step:08d}"
 

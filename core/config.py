@@ -8,13 +8,18 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.prices import token_prices_per_m
 from core.storage import Storage
+
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Name = Annotated[str, Field(min_length=1)]  # ids and names that become folder names or keys
 
 
 class Strict(BaseModel):
@@ -37,6 +42,13 @@ class PriceConfig(Strict):
     gpu_hour_usd: float | None = Field(None, ge=0)
     gpus: float = Field(1.0, gt=0)
     paper_model: str | None = None  # the paper-scale model whose price this rung borrows
+
+    @field_validator("ref")
+    @classmethod
+    def _in_the_table(cls, ref: str | None) -> str | None:
+        if ref is not None and token_prices_per_m(ref) is None:
+            raise ValueError(f"unknown model {ref!r}: no per-token price for it in the LiteLLM price table")
+        return ref
 
     @model_validator(mode="after")
     def _one_way(self) -> PriceConfig:
@@ -73,7 +85,7 @@ class TasksConfig(Strict):
 
 
 class ZooModelConfig(Strict):
-    name: str
+    name: Name
     hidden: int = Field(ge=4)
     layers: int = Field(ge=1)
     heads: int = Field(ge=1)
@@ -165,7 +177,7 @@ class ModelShape(Strict):
 class PoolModelConfig(Strict):
     """A pool model served by one of the backends. The zoo's models join the pool by default."""
 
-    id: str
+    id: Name
     backend: Literal["hf", "openai", "vllm"] = "hf"
     path: str | None = None  # local HF folder (hf, vllm); openai: optional, its tokenizer counts tokens of
     # calls whose usage the endpoint does not report
@@ -254,9 +266,9 @@ class EvalConfig(Strict):
     limit: int = Field(500, ge=1)  # test queries per task
     # each knob method's sweep (its cost-accuracy curve, for AIQ): the review threshold tau, the
     # task-router's cumulative-probability threshold, random's share of steps on the largest model
-    sweep_tau: list[float] = [0.3, 0.7, 0.95]
-    sweep_threshold: list[float] = [0.5, 0.8, 0.95]
-    sweep_mix: list[float] = [0.0, 0.5, 1.0]
+    sweep_tau: list[Fraction] = [0.3, 0.7, 0.95]
+    sweep_threshold: list[Fraction] = [0.5, 0.8, 0.95]
+    sweep_mix: list[Fraction] = [0.0, 0.5, 1.0]
     task_router_train: int = Field(400, ge=1)  # train queries per task labelled for the task-router
     router: str = "r2"  # the headline router: baselines also run on its decomposer, the reference is all:<largest>@it
     rllib: RllibConfig = RllibConfig()  # the rllib-ppo baseline
@@ -287,7 +299,7 @@ class LabelsConfig(Strict):
     w_practical: float = 1.0  # solved by the reference model at few tokens,
     w_coherent: float = 0.1  # adjacent steps linked
     token_norm: float = Field(100.0, gt=0)
-    difficulty_thresholds: list[float] = [0.9, 0.6, 0.3]  # base-model confidence -> initial tier
+    difficulty_thresholds: list[Fraction] = [0.9, 0.6, 0.3]  # base-model confidence -> initial tier
     max_search_rounds: int = Field(6, ge=1)
 
 
@@ -391,8 +403,8 @@ class WandbConfig(Strict):
 
 
 class Config(Strict):
-    name: str = "tiny"
-    run_dir: str = "runs/tiny"  # a path, or a URI (s3://, gs://, file://, ...): see core.storage
+    name: Name = "tiny"
+    run_dir: Name = "runs/tiny"  # a path, or a URI (s3://, gs://, file://, ...): see core.storage
     seed: int = 0
     tasks: TasksConfig = TasksConfig()
     zoo: ZooConfig = ZooConfig()
@@ -421,6 +433,11 @@ class Config(Strict):
     @property
     def zoo_dir(self) -> Path:
         return Storage(self.zoo.dir).local if self.zoo.dir else self.run_path / "zoo"
+
+    def pool_ids(self) -> list[str]:
+        """The pool's model ids as the config declares them (zoo models first, when they join)."""
+        zoo = [m.name for m in self.zoo.models] if self.pool.use_zoo else []
+        return zoo + [m.id for m in self.pool.models]
 
 
 class ConfigError(ValueError):
@@ -470,7 +487,7 @@ def _merge(base: dict, over: dict) -> dict:
 def _read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """A config file's tree; `base: other.yaml` (relative to the file) starts from that config."""
     if path.resolve() in seen:
-        raise ConfigError(f"config base cycle: {' -> '.join(str(p) for p in (*seen, path))}")
+        raise ConfigError(f"base: a cycle of configs: {' -> '.join(str(p) for p in (*seen, path))}")
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
@@ -500,9 +517,20 @@ def config_from_tree(tree: dict, overrides: list[str] | None = None) -> Config:
         key, value = parse_override(item)
         _set_path(tree, key, value)
     try:
-        return Config.model_validate(tree)
+        cfg = Config.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
+    _check_model_references(cfg)
+    return cfg
+
+
+def _check_model_references(cfg: Config) -> None:
+    """Evaluation methods that name a model (`single:<id>`, `all:<id>`) name one of the pool's."""
+    ids = cfg.pool_ids()
+    for i, method in enumerate(cfg.eval.methods):
+        model = method.partition(":")[2].partition("@")[0]
+        if model and model != "*" and model not in ids:
+            raise ConfigError(f"eval.methods.{i}: unknown model {model!r} in {method!r}; the pool: {ids}")
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -520,8 +548,13 @@ def config_parser(doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+CONFIG_ERROR_EXIT = 2  # a usage error, as argparse's own
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
+    """The entry points' config; a bad one ends the program with one line naming the field, exit code 2."""
     try:
         return load_config(args.config, args.overrides)
     except ConfigError as err:
-        raise SystemExit(f"config error: {err}") from None
+        print(f"config error: {err}", file=sys.stderr)
+        raise SystemExit(CONFIG_ERROR_EXIT) from None

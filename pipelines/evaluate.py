@@ -8,15 +8,18 @@ total_cost_per_query, reward, latency_per_query, calls_per_query, n, decomposer,
 "aiq": {name: value}, "headline": {...}, "best_single": {...}, ...}` (with `rllib-ppo` evaluated, also
 `"rllib"`: PPO beside the subtask table's oracle and a supervised classifier, per step on the test table:
 pipelines.bandit), the Pareto plot `pareto.png`, and a markdown table on stdout (and a W&B table when
-W&B is enabled).
+W&B is enabled). `results.json` is written whole, once every method has run: a run that fails (a pool
+actor that died for good, say) ends with one line saying so and writes no results.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import ray
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from actors.cost import Rate, ladder_rate, rate_for, usage_cost
@@ -28,7 +31,7 @@ from core.config import Config, PriceConfig, config_from_args, config_parser
 from core.console import console as make_console
 from pipelines.bandit import fit_subtask_allocator
 from pipelines.runs import cost_ref as run_cost_ref
-from pipelines.runs import synced
+from pipelines.runs import synced, write_whole
 from policies.baselines import Context, RouterMethod, SubtaskAllocator, TaskRouter, expand, make_method
 from policies.load import trained_router
 from policies.reward import reward
@@ -92,6 +95,20 @@ def metrics(trajs, cost_ref: dict[str, float], cfg: Config, rates: dict[str, Rat
         "format_ok": sum(t.format_ok for t in trajs) / n,
         "n": n,
     }
+
+
+class EvaluationFailed(RuntimeError):
+    """An evaluation that cannot finish; its message is one line."""
+
+
+@contextmanager
+def pool_alive(what: str):
+    """A pool actor that died for good (Ray restarts each a bounded number of times) ends the evaluation."""
+    try:
+        yield
+    except ray.exceptions.RayActorError as err:
+        raise EvaluationFailed(f"a pool actor died for good during {what} ({type(err).__name__}); "
+                               "no results were written") from err
 
 
 def router_method(cfg: Config, name: str, path: str | Path, model_ids: list[str]):
@@ -165,7 +182,8 @@ def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], 
     results: dict = {"reference": None, "methods": {}, "aiq": {}, "config": cfg.name,
                      "tasks": {k: len(v) for k, v in tests.items()},
                      "prices": "tiny pool priced on the paper pool's price ladder (USD per 1M tokens)"}
-    cost_ref = run_cost_ref(cfg, pool, model_ids, tasks)  # the train split's, as training used
+    with pool_alive("the reference cost"):
+        cost_ref = run_cost_ref(cfg, pool, model_ids, tasks)  # the train split's, as training used
     ladder = price_ladder(cfg)  # prices the routers' own tokens by their policies' size
     subtask = [m for m in methods.values() if isinstance(m, SubtaskAllocator)]
     if subtask:  # rllib-ppo: subtask tables, PPO (trained once), and its table-level comparison
@@ -183,7 +201,8 @@ def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], 
             trajs = []
             for tname, exs in tests.items():
                 progress.update(bar, description=f"{method.name} on {tname}")
-                trajs += asyncio.run(method.run(exs, tasks[tname], ctx))
+                with pool_alive(f"{method.name} on {tname}"):
+                    trajs += asyncio.run(method.run(exs, tasks[tname], ctx))
                 progress.advance(bar)
             return trajs
 
@@ -222,8 +241,7 @@ def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], 
     if head in trained:
         results["headline"] = headline(head, reference, vectors, cfg.seed)
         results["best_single"] = best_single(head, results["methods"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    write_whole(out_dir / "results.json", json.dumps(results, indent=2))
     report.pareto_png(results["methods"], reference, out_dir / "pareto.png",
                       f"{cfg.name}: {sum(results['tasks'].values())} test queries ({', '.join(tests)}); "
                       f"reference {reference}")
@@ -265,8 +283,12 @@ def main(argv: list[str] | None = None) -> dict:
     console = make_console()
     out = Path(args.out) if args.out else cfg.run_path / "eval"
     routers = dict(r.split("=", 1) if "=" in r else (Path(r).name, r) for r in args.router)
-    with synced(cfg):
-        results = evaluate(cfg, args.methods or cfg.eval.methods, args.limit or cfg.eval.limit, out, console, routers)
+    try:
+        with synced(cfg):
+            results = evaluate(cfg, args.methods or cfg.eval.methods, args.limit or cfg.eval.limit, out, console,
+                               routers)
+    except EvaluationFailed as err:
+        raise SystemExit(f"evaluation failed: {err}") from None
     console.print(report.markdown_table(results), markup=False)
     console.print(f"results: {out / 'results.json'}  plot: {out / 'pareto.png'}  ({results['wall_seconds']}s)")
     return results

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,18 @@ def synced(cfg: Config) -> Iterator[Config]:
     finally:
         for store in storages(cfg):
             store.push()
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write a run's output whole or not at all: to a temporary name beside it, then renamed over it (a
+    reader never sees a partial file, and a killed writer leaves the previous one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def router_dir(cfg: Config, stage: str) -> Path:
@@ -77,8 +90,7 @@ def cost_ref(cfg: Config, pool, model_ids: list[str], tasks: dict[str, Task]) ->
         ctx = Context(pool, model_ids, cfg.reason, cfg.seed)
         examples = {name: task.load("train")[: cfg.train.cost_ref_queries] for name, task in missing.items()}
         per_task.update(asyncio.run(reference_cost(ctx, missing, examples)))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"basis": basis, "per_task": per_task}, indent=2))
+        write_whole(path, json.dumps({"basis": basis, "per_task": per_task}, indent=2))
     return {name: per_task[name] for name in tasks}
 
 

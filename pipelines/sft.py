@@ -24,14 +24,13 @@ from core.config import Config, config_from_args, config_parser
 from core.console import console as make_console
 from pipelines.labels import read_labels, write_labels
 from pipelines.runs import init_dir, labels_path, router_dir, save_router_meta, synced
-from policies.parsers import format_decomposition
 from policies.router import TEMPLATES
 
 
 def sft_data(rows: list[dict], tokenizer, templates: str) -> dict[str, list[tuple[str, list[int]]]]:
     tpl = TEMPLATES.lookup(templates)()
     dec = [(tpl.decompose_prompt(r["query"], tokenizer),
-            tokenizer.encode(format_decomposition(r["steps"]), add_special_tokens=False) + [tokenizer.eos_token_id])
+            tokenizer.encode(tpl.decomposition_target(r["steps"]), add_special_tokens=False) + [tokenizer.eos_token_id])
            for r in rows]
     alloc = [(tpl.allocate_prompt(text, [], tokenizer), [tier])
              for r in rows if r.get("tiers") for text, tier in zip(r["rendered"], r["tiers"])]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 import uuid
 from contextlib import ExitStack
@@ -29,7 +30,7 @@ from actors.rollout import RolloutWorker
 from actors.runtime import pool_session
 from actors.weight_sync import CollectiveSync, ObjectStoreSync, WeightRef, check_loaded, make_sync
 from benchmarks.tasks import TASKS, build_world
-from core.checkpoints import latest_valid, prune, step_dir, write_manifest
+from core.checkpoints import CheckpointError, latest_valid, prune, step_dir, write_manifest
 from core.config import Config, config_from_args, config_parser
 from core.console import console as make_console
 from core.storage import delete_staged, push_staged
@@ -222,13 +223,25 @@ class Trainer:
 
     def checkpoint(self) -> Path:
         """The learner's state and the driver's (its own step included) in a new step folder, valid once
-        its manifest is written; older ones beyond `train.keep_checkpoints` go."""
+        its manifest is written; older ones beyond `train.keep_checkpoints` go, once it is. A folder that
+        cannot be written (disk full, a file in its place, ...) is a `CheckpointError` naming it and the
+        newest complete checkpoint, which stays as it was."""
         ckpt = step_dir(self.ckpt_root, self.state["step"])
-        delete_staged(ckpt)  # a partial one from a killed run
-        ckpt.mkdir(parents=True)
-        files = self.learner.save_checkpoint(str(ckpt), self.state)  # each rank uploads its own files
-        push_staged(write_manifest(ckpt, {"step": self.state["step"]}, files))  # the manifest last
-        push_staged(self.history_path)
+        try:
+            if ckpt.is_dir():
+                delete_staged(ckpt)  # a partial one from a killed run
+            ckpt.mkdir(parents=True)
+            files = self.learner.save_checkpoint(str(ckpt), self.state)  # each rank uploads its own files
+            push_staged(write_manifest(ckpt, {"step": self.state["step"]}, files))  # the manifest last
+            push_staged(self.history_path)
+        except (OSError, ray.exceptions.RayTaskError) as err:
+            cause = getattr(err, "cause", None) or err  # a learner's error comes wrapped by Ray
+            why = f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0]}"
+            if self.ckpt_root.is_dir():  # a full disk shows as such, whatever the writer's own error says
+                why += f"; {shutil.disk_usage(self.ckpt_root).free / 2**20:.1f} MiB free there"
+            newest = latest_valid(self.ckpt_root)[0]
+            then = f"{newest.name}, unchanged (--resume continues from it)" if newest else "none"
+            raise CheckpointError(f"cannot write checkpoint {ckpt} ({why}); the newest complete one is {then}") from err
         for old in prune(self.ckpt_root, self.cfg.train.keep_checkpoints):
             delete_staged(old)
         return ckpt
@@ -331,6 +344,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         try:
             with Progress(console=console) as progress:
                 history = trainer.fit(progress=progress)
+        except CheckpointError as err:
+            raise SystemExit(f"train: {err}") from None
         finally:
             trainer.close()
     if history:

@@ -13,7 +13,7 @@ import torch
 from benchmarks.tasks.base import Example, Task
 from core.prompts import format_prompt
 from core.registry import Registry
-from policies.parsers import Decomposition, parse_decomposition
+from policies.parsers import Decomposition, format_decomposition, parse_decomposition
 from policies.policy_lm import PolicyLM, Sample
 from policies.tiny_lm import MODEL_SLOTS, ROUTER_WORDS, STEP_SEP
 
@@ -84,6 +84,14 @@ class TinyTemplates:
     def decompose_prompt(self, query: str, tokenizer) -> str:
         return format_prompt(f"decompose {query}")
 
+    def decomposition_target(self, steps: list[str]) -> str:
+        """What the decomposer writes after its prompt for `steps` (its SFT target)."""
+        return format_decomposition(steps)
+
+    def parse_decomposition(self, text: str, max_steps: int) -> Decomposition:
+        """The decomposer's output (what it wrote after its prompt) as steps; total, never raises."""
+        return parse_decomposition(text, max_steps)
+
     def decompose_vocab(self, prompt: str, tokenizer) -> list[int]:
         """A tiny decomposition only uses the query's own words, step separators and references."""
         words = prompt.split()[1:-1]  # drop "decompose" and the separator
@@ -99,7 +107,10 @@ class TinyTemplates:
 @TEMPLATES.register("chat")
 class ChatTemplates:
     """Natural-language prompts for instruct LMs (chat template when the tokenizer has one); the
-    allocator's candidates are the pool's model ids, written after the prompt."""
+    allocator's candidates are the pool's model ids, written after the prompt. The decomposer's prompt
+    ends with `step 1:`, so it writes the first step's text, then `step 2: ...` lines."""
+
+    opening = "step 1:"
 
     decompose_instruction = (
         "Break the question into 2 to 4 short, ordered sub-questions that lead to its answer. "
@@ -115,7 +126,13 @@ class ChatTemplates:
         return text + "\n"
 
     def decompose_prompt(self, query: str, tokenizer) -> str:
-        return self._chat(self.decompose_instruction.format(query=query), tokenizer) + "step 1:"
+        return self._chat(self.decompose_instruction.format(query=query), tokenizer) + self.opening
+
+    def decomposition_target(self, steps: list[str]) -> str:
+        return format_decomposition(steps, numbered=True).removeprefix(self.opening)
+
+    def parse_decomposition(self, text: str, max_steps: int) -> Decomposition:
+        return parse_decomposition(self.opening + text, max_steps)
 
     def decompose_vocab(self, prompt: str, tokenizer) -> None:
         return None  # free text
@@ -187,7 +204,6 @@ class PolicyRouter(BaseRouter):
         self.generator = torch.Generator().manual_seed(seed)
         self.decomposer_name = label if decomposer is not None else "gold"
         self._gold = GoldDecomposition()
-        self._prefix = "step 1:" if templates == "chat" else ""
         self.cost_penalty: torch.Tensor | None = None  # per tier, subtracted from the allocator's log-probs
 
     def with_cost_penalty(self, lam: float, prices: list[float]) -> PolicyRouter:
@@ -225,7 +241,7 @@ class PolicyRouter(BaseRouter):
         prompts = [self.actions.templates.decompose_prompt(ex.query, self.decomposer.tokenizer) for ex in examples]
         samples = self.actions.sample_decompositions(self.decomposer, prompts, self.max_tokens,
                                                      self.decompose_temperature, self.generator)
-        return [DecomposeDecision(parse_decomposition(self._prefix + s.text, self.max_steps), p, s)
+        return [DecomposeDecision(self.actions.templates.parse_decomposition(s.text, self.max_steps), p, s)
                 for p, s in zip(prompts, samples)]
 
     def allocate(self, step_texts: list[str], examples: list[Example], n_tiers: int) -> list[AllocateDecision]:

@@ -54,7 +54,9 @@ def test_cli_exits_with_one_line(capsys):
     add_config_args(parser)
     with pytest.raises(SystemExit) as err:
         config_from_args(parser.parse_args(["--config", str(CONFIGS / "tiny.yaml"), "--set", "pool.max_batch=-1"]))
-    assert str(err.value).startswith("config error: pool.max_batch:")
+    assert err.value.code == 2
+    out = capsys.readouterr().err
+    assert out.startswith("config error: pool.max_batch:") and out.count("\n") == 1
 
 
 def test_base_config_is_merged_under_the_file(tmp_path):

@@ -27,7 +27,9 @@ def test_unknown_model_and_unknown_ref_are_clear_errors():
     with pytest.raises(KeyError, match="no price for model 'x'"):
         CostModel({}).cost("x", Usage())
     with pytest.raises(KeyError, match="price.ref 'no-such-model'"):
-        CostModel({"m": PriceConfig(ref="no-such-model")})
+        table_price_per_m("no-such-model")
+    with pytest.raises(ValueError, match="ref\n.*unknown model 'no-such-model'"):  # at config time
+        PriceConfig(ref="no-such-model")
 
 
 def test_price_needs_exactly_one_way():
