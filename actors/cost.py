@@ -89,26 +89,37 @@ class CostModel:
 
 @dataclass
 class LedgerEntry:
-    calls: int = 0
+    calls: int = 0  # calls that completed (each priced)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
     usage_missing: int = 0  # calls whose tokens nobody counted (Usage.source "missing"): cost understated
+    retries: int = 0  # requests beyond each call's first, over completed and failed calls
+    failures: int = 0  # calls that failed for good (after their retries)
+    fallbacks: int = 0  # completed calls this model answered in place of a model that failed
 
 
 class CostLedger:
-    """Running totals of every priced call, per model."""
+    """Running totals of every priced call, per model, and of its retries and failures."""
 
     def __init__(self) -> None:
         self.entries: dict[str, LedgerEntry] = {}
 
-    def add(self, model_id: str, usage: Usage, cost_usd: float) -> None:
+    def add(self, model_id: str, usage: Usage, cost_usd: float, retries: int = 0, fallback: bool = False) -> None:
         e = self.entries.setdefault(model_id, LedgerEntry())
         e.calls += 1
         e.prompt_tokens += usage.prompt_tokens
         e.completion_tokens += usage.completion_tokens
         e.cost_usd += cost_usd
         e.usage_missing += usage.source == "missing"
+        e.retries += retries
+        e.fallbacks += fallback
+
+    def fail(self, model_id: str, attempts: int) -> None:
+        """A call that failed for good after `attempts` requests."""
+        e = self.entries.setdefault(model_id, LedgerEntry())
+        e.failures += 1
+        e.retries += max(attempts - 1, 0)
 
     @property
     def total_usd(self) -> float:
@@ -120,4 +131,7 @@ class CostLedger:
             "total_usd": self.total_usd,
             "calls": sum(e.calls for e in self.entries.values()),
             "usage_missing": sum(e.usage_missing for e in self.entries.values()),
+            "retries": sum(e.retries for e in self.entries.values()),
+            "failures": sum(e.failures for e in self.entries.values()),
+            "fallbacks": sum(e.fallbacks for e in self.entries.values()),
         }

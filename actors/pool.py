@@ -1,9 +1,12 @@
-"""`ModelPool`: the pool's registry (model id -> replicas), tiers by price, least-loaded dispatch, and
-the cost ledger. An async Ray actor, so rollout workers, the evaluator and the HTTP endpoint share it."""
+"""`ModelPool`: the pool's registry (model id -> replicas), tiers by price, least-loaded dispatch, each
+model's fallback, and the cost ledger. An async Ray actor, so rollout workers, the evaluator and the HTTP
+endpoint share it."""
 from __future__ import annotations
 
 import ray
+from ray.exceptions import RayTaskError
 
+from actors.backends import EndpointError, completions_or_raise
 from actors.cost import CostLedger, CostModel
 from actors.placement import where
 from actors.server import ModelServer
@@ -28,13 +31,30 @@ def pool_models(cfg: Config) -> list[PoolModelConfig]:
     ids = [m.id for m in models]
     if len(set(ids)) != len(ids):
         raise ValueError(f"pool model ids must be unique, got {ids}")
+    check_fallbacks(models)
     return models
+
+
+def check_fallbacks(models: list[PoolModelConfig]) -> None:
+    """Every `fallback` names a model of the pool, and no chain of fallbacks comes back round."""
+    fallback = {m.id: m.fallback for m in models}
+    for m in models:
+        if m.fallback is not None and m.fallback not in fallback:
+            raise ValueError(f"pool model {m.id!r}: fallback {m.fallback!r} is not a pool model; "
+                             f"pool: {sorted(fallback)}")
+    for m in models:
+        chain = [m.id]
+        while fallback[chain[-1]] is not None:
+            chain.append(fallback[chain[-1]])
+            if chain[-1] in chain[:-1]:
+                raise ValueError(f"pool model fallbacks form a cycle: {' -> '.join(chain)}")
 
 
 class ModelPoolImpl:
     def __init__(self, models: list[dict], replicas: int = 1, batch_window_ms: float = 5.0,
                  max_batch: int = 64, server_options: dict | None = None):
         specs = [PoolModelConfig.model_validate(m) for m in models]
+        check_fallbacks(specs)
         self.cost_model = CostModel({s.id: s.price for s in specs})
         # tiers: cheapest first (by completion-token price, then declaration order)
         order = sorted(range(len(specs)), key=lambda i: (self.cost_model.output_price(specs[i].id), i))
@@ -43,7 +63,7 @@ class ModelPoolImpl:
         self.inflight: dict[str, list[int]] = {}
         for s in self.specs.values():
             n = s.replicas or replicas
-            spec = s.model_dump(exclude={"price", "python"})
+            spec = s.model_dump(exclude={"price", "python", "fallback"})
             opts = {**(server_options or {"num_cpus": 0.25}), "max_concurrency": 1000}
             if s.python:  # the server's own interpreter, e.g. a venv with vllm
                 opts["runtime_env"] = {"py_executable": s.python}
@@ -77,20 +97,45 @@ class ModelPoolImpl:
         ]
 
     async def generate(self, model_id: str, prompts: list[str], params: SamplingParams) -> list[Completion]:
-        """Run prompts on `model_id`'s least-loaded replica; each completion carries its cost."""
+        """Run prompts on `model_id`'s least-loaded replica; each completion carries its cost. Prompts
+        that fail for good (`EndpointError`, after the backend's bounded retries) go to the model's
+        `fallback`, whose completions say so (`fallback_from`); without one, the error is raised. The
+        ledger counts every completed call and its retries, and every failed call and its attempts."""
         if model_id not in self.replicas:
             raise KeyError(f"unknown model {model_id!r}; pool: {self.model_ids()}")
+        return await self._generate(model_id, prompts, params, None)
+
+    async def _generate(self, model_id: str, prompts: list[str], params: SamplingParams,
+                        fallback_from: str | None) -> list[Completion]:
+        outcomes = await self._dispatch(model_id, prompts, params)
+        for c in outcomes:
+            if isinstance(c, EndpointError):
+                self.ledger.fail(model_id, c.attempts)
+                continue
+            c.fallback_from = fallback_from
+            c.cost_usd = self.cost_model.cost(model_id, c.usage, c.latency_s if c.compute_s is None else c.compute_s)
+            self.ledger.add(model_id, c.usage, c.cost_usd, c.retries, fallback=fallback_from is not None)
+        failed = [i for i, c in enumerate(outcomes) if isinstance(c, EndpointError)]
+        fallback = self.specs[model_id].fallback
+        if failed and fallback is not None:  # checked at start: a pool model, no cycle
+            again = await self._generate(fallback, [prompts[i] for i in failed], params, fallback_from or model_id)
+            for i, c in zip(failed, again):
+                outcomes[i] = c
+        return completions_or_raise(outcomes)
+
+    async def _dispatch(self, model_id: str, prompts: list[str],
+                        params: SamplingParams) -> list[Completion | EndpointError]:
+        """Each prompt's completion on `model_id`'s least-loaded replica, or its `EndpointError`."""
         load = self.inflight[model_id]
         i = min(range(len(load)), key=load.__getitem__)
         load[i] += len(prompts)
         try:
-            outs = await self.replicas[model_id][i].generate.remote(prompts, params)
+            return await self.replicas[model_id][i].generate.remote(prompts, params)
+        except EndpointError as err:
+            cause = err.cause if isinstance(err, RayTaskError) else err  # the backend's own error
+            return list(cause.outcomes or [cause] * len(prompts))
         finally:
             load[i] -= len(prompts)
-        for c in outs:
-            c.cost_usd = self.cost_model.cost(model_id, c.usage, c.latency_s if c.compute_s is None else c.compute_s)
-            self.ledger.add(model_id, c.usage, c.cost_usd)
-        return outs
 
     def ledger_snapshot(self) -> dict:
         return self.ledger.snapshot()

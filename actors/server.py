@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import ray
 
-from actors.backends import make_backend
+from actors.backends import completions_or_raise, make_backend
 from actors.placement import actor_device, where
 from core.storage import ensure_local
 from core.types import Completion, SamplingParams
@@ -27,7 +27,10 @@ class ModelServerImpl:
     running batch at every step. Micro-batching (hf and the others): requests arriving within
     `batch_window_ms` of each other (same sampling params) share one batched `generate` call of at most
     `max_batch` prompts, one batch at a time (or `backend.concurrent_batches`); the backend runs in a
-    thread so the actor keeps accepting requests meanwhile. `batches_run` counts backend calls."""
+    thread so the actor keeps accepting requests meanwhile. When some prompts of a batch fail for good
+    (an `EndpointError` with per-prompt `outcomes`), each caller gets back its own prompts' outcomes: its
+    completions, or an `EndpointError` that keeps the ones that did complete. `batches_run` counts
+    backend calls."""
 
     def __init__(self, model_id: str, backend: str, spec: dict, batch_window_ms: float = 5.0,
                  max_batch: int = 64):
@@ -64,7 +67,7 @@ class ModelServerImpl:
         reqs = [_Request(p, params, loop.create_future()) for p in prompts]
         self.queue.extend(reqs)
         self._wake.set()
-        return list(await asyncio.gather(*(r.future for r in reqs)))
+        return completions_or_raise(list(await asyncio.gather(*(r.future for r in reqs), return_exceptions=True)))
 
     async def _batch_loop(self) -> None:
         # local backends run one batch at a time; remote ones may declare more batches in flight
@@ -90,9 +93,14 @@ class ModelServerImpl:
             for r, out in zip(batch, outs):
                 r.future.set_result(out)
         except Exception as err:  # the callers see the failure; the server keeps serving
-            for r in batch:
-                if not r.future.done():
-                    r.future.set_exception(err)
+            outcomes = getattr(err, "outcomes", None) or [err] * len(batch)
+            for r, out in zip(batch, outcomes):
+                if r.future.done():
+                    continue
+                if isinstance(out, BaseException):
+                    r.future.set_exception(out)
+                else:
+                    r.future.set_result(out)
         finally:
             self.batches_run += 1
             slots.release()

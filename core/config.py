@@ -193,6 +193,9 @@ class PoolModelConfig(Strict):
     engine_args: dict[str, Any] = {}  # vllm: AsyncEngineArgs fields (max_model_len, dtype, kv_cache_memory_bytes, ...)
     python: str | None = None  # the interpreter of this model's server actors (Ray py_executable; default: Ray's)
     shape: ModelShape | None = None  # a self-hosted model's shape, for the memory model (pipelines.train --dry-run)
+    # another pool model that answers this one's prompts when a call to it fails for good (openai: after
+    # its max_retries); checked at pool start (it must exist; no cycles)
+    fallback: str | None = None
 
     @field_validator("python")
     @classmethod

@@ -50,6 +50,8 @@ class Completion:
     finish_reason: str = "stop"
     # this request's share of the device time of the batch it ran in (GPU-time pricing); None: latency_s
     compute_s: float | None = None
+    retries: int = 0  # requests to the endpoint beyond the first that this completion took (openai)
+    fallback_from: str | None = None  # the pool model asked, which failed for good: its fallback answered
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -48,8 +48,20 @@ def test_ledger_sums_calls():
     snap = led.snapshot()
     assert snap["total_usd"] == pytest.approx(1.75) and snap["calls"] == 4 and snap["usage_missing"] == 1
     assert snap["models"]["a"] == {"calls": 2, "prompt_tokens": 4, "completion_tokens": 3, "cost_usd": 0.75,
-                                   "usage_missing": 0}
+                                   "usage_missing": 0, "retries": 0, "failures": 0, "fallbacks": 0}
     assert snap["models"]["b"]["usage_missing"] == 1
+
+
+def test_ledger_counts_retries_failures_and_fallbacks():
+    led = CostLedger()
+    led.add("a", Usage(3, 2), 0.5, retries=2)
+    led.fail("a", attempts=4)  # gave up after 4 requests: 3 retries
+    led.add("b", Usage(3, 2), 0.25, retries=1, fallback=True)
+    snap = led.snapshot()
+    assert (snap["calls"], snap["retries"], snap["failures"], snap["fallbacks"]) == (2, 6, 1, 1)
+    assert {k: snap["models"]["a"][k] for k in ("calls", "retries", "failures", "fallbacks")} == {
+        "calls": 1, "retries": 5, "failures": 1, "fallbacks": 0}
+    assert snap["models"]["b"]["fallbacks"] == 1 and snap["total_usd"] == pytest.approx(0.75)
 
 
 def test_ladder_rate_interpolates_log_linearly_and_clamps_at_the_ends():

@@ -161,7 +161,7 @@ def test_retries_429_then_500_then_answers(serve_script) -> None:
     b = backend(serve_script(script), max_retries=4, remote_model="remote-name")
     [c] = b.generate(["jump twice ="], SamplingParams(max_new_tokens=5, seed=7))
     check(c, "jump twice =")
-    assert len(script.requests) == 5
+    assert len(script.requests) == 5 and c.retries == 4
     req = script.requests[-1]
     assert req["model"] == "remote-name" and req["prompt"] == "jump twice ="
     assert req["max_tokens"] == 5 and req["temperature"] == 0.0 and req["top_p"] == 1.0
@@ -191,7 +191,7 @@ def test_gives_up_after_max_retries_with_clear_error(serve_script) -> None:
 
 def test_client_errors_are_not_retried(serve_script) -> None:
     script = Script(failures=[404])
-    with pytest.raises(EndpointError, match="HTTP 404 \\(not retried\\)"):
+    with pytest.raises(EndpointError, match="HTTP 404 \\(not retried; 1 attempt\\(s\\)\\)"):
         backend(serve_script(script)).generate(["look ="], SamplingParams())
     assert len(script.requests) == 1
 

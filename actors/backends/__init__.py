@@ -3,7 +3,7 @@
 from typing import Any
 
 from actors.backends import hf, openai, vllm  # noqa: F401  (registration)
-from actors.backends.base import BACKENDS, Backend, register_backend
+from actors.backends.base import BACKENDS, Backend, EndpointError, completions_or_raise, register_backend
 
 
 def make_backend(kind: str, model_id: str, spec: dict[str, Any]) -> Backend:
@@ -11,4 +11,4 @@ def make_backend(kind: str, model_id: str, spec: dict[str, Any]) -> Backend:
     return BACKENDS.lookup(kind)(model_id, spec)
 
 
-__all__ = ["BACKENDS", "Backend", "make_backend", "register_backend"]
+__all__ = ["BACKENDS", "Backend", "EndpointError", "completions_or_raise", "make_backend", "register_backend"]

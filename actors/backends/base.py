@@ -28,5 +28,32 @@ class Backend(abc.ABC):
         pass
 
 
+class EndpointError(RuntimeError):
+    """A model's endpoint failed a request for good, after its bounded retries. `attempts`: the HTTP
+    requests the failed prompt took. `outcomes`: for a call of several prompts, each prompt's
+    `Completion` or its own `EndpointError`, in order (None: the error stands for every prompt of the
+    call), so a caller keeps what did complete and re-issues only what failed."""
+
+    def __init__(self, message: str, attempts: int = 1, outcomes: list | None = None):
+        super().__init__(message)
+        self.attempts = attempts
+        self.outcomes = outcomes
+
+
+def completions_or_raise(outcomes: list[Completion | BaseException]) -> list[Completion]:
+    """`outcomes` when every prompt completed; else the failure: a lone prompt's own error, or an
+    `EndpointError` carrying every prompt's outcome. A failure other than `EndpointError` is raised as is."""
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    if not failed:
+        return outcomes  # type: ignore[return-value]
+    other = next((o for o in failed if not isinstance(o, EndpointError)), None)
+    if other is not None:
+        raise other
+    if len(outcomes) == 1:
+        raise failed[0]
+    raise EndpointError(f"{len(failed)} of {len(outcomes)} prompts failed; the first: {failed[0]}",
+                        attempts=failed[0].attempts, outcomes=outcomes)
+
+
 BACKENDS: Registry[type[Backend]] = Registry("backend")
 register_backend = BACKENDS.register

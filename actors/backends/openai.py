@@ -14,11 +14,16 @@ Chat models (`chat: true`): each prompt is sent as one user message, `messages=[
 from `choices[0].logprobs.content`. The reply is `choices[0].message.content`.
 
 Retries are the openai client's own: a failed attempt is retried on 408/409/429/5xx, on timeouts and on
-connection errors, at most `max_retries` times, after a jittered exponential backoff (0.5 s doubling,
-capped at 8 s, minus up to 25 % jitter) or after the server's `Retry-After`/`retry-after-ms` when it
-sends one (up to 2 minutes). `timeout_s` bounds each attempt, not the whole call. Other 4xx errors are
-not retried. When the last attempt fails, `EndpointError` names the endpoint, the remote model and the
-cause.
+connection errors (a body cut short included), at most `max_retries` times, after a jittered exponential
+backoff (0.5 s doubling, capped at 8 s, minus up to 25 % jitter) or after the server's
+`Retry-After`/`retry-after-ms` when it sends one (up to 2 minutes). `timeout_s` bounds each attempt, not
+the whole call: each connect, write and read (a server that stalls after its headers), and the whole
+response (a body still trickling in is cut at its first chunk past `timeout_s`, `actors.backends.attempts`).
+Other 4xx errors and a 200 whose body is not JSON are not retried. When the last attempt fails,
+`EndpointError` names the endpoint, the remote model, the cause and the attempts made (no key). Every
+attempt is counted: a `Completion` carries the requests beyond the first it took (`retries`), an
+`EndpointError` its `attempts`; the pool's ledger sums both (`actors.cost.CostLedger`), and re-issues
+failed prompts to the model's `fallback` when it has one (`actors.pool`).
 
 Each prompt is its own request, issued concurrently from a thread pool, so every `Completion` carries
 the exact usage the server reported for it. Sampling: greedy is `temperature=0`; `seed` is passed when
@@ -37,22 +42,19 @@ marked `Usage.source` "missing" (prompt_tokens 0), which the pool's ledger count
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from actors.backends.base import Backend, register_backend
+from actors.backends.base import Backend, EndpointError, completions_or_raise, register_backend
 from core.types import Completion, SamplingParams, Usage
 
 TOKEN_ID_EXTENSION = "return_tokens_as_token_ids"
 _TOKEN_ID_PREFIX = "token_id:"
 _RETRYABLE_STATUS = {408, 409, 429}
-
-
-class EndpointError(RuntimeError):
-    """A request to an OpenAI-compatible endpoint failed for good (after the client's retries)."""
 
 
 def parse_token_ids(tokens: list[str] | None) -> list[int]:
@@ -76,7 +78,10 @@ class OpenAIBackend(Backend):
 
     def __init__(self, model_id: str, spec: dict[str, Any]):
         super().__init__(model_id, spec)
-        from openai import OpenAI  # lazy: only a pool with an openai model needs the client
+        # lazy: only a pool with an openai model needs the client
+        from openai import DefaultHttpx2Client, OpenAI
+
+        from actors.backends.attempts import AttemptTracker
 
         self.url = spec.get("url")
         if not self.url:
@@ -91,8 +96,10 @@ class OpenAIBackend(Backend):
         self.tokenizer_path = spec.get("path")
         self.send_token_ids = bool(spec.get("return_token_ids", True))
         self.send_logprobs = True
+        self.tracker = AttemptTracker(self.timeout_s)
         self.client = OpenAI(
             base_url=self.url, api_key=self.api_key, timeout=self.timeout_s, max_retries=self.max_retries,
+            http_client=DefaultHttpx2Client(event_hooks=self.tracker.event_hooks()),
         )
         self._executor: ThreadPoolExecutor | None = None
         self._tokenizer: Any = None
@@ -139,25 +146,31 @@ class OpenAIBackend(Backend):
             return True
         return False
 
-    def _fail(self, err: Exception) -> EndpointError:
+    def _fail(self, err: Exception | str) -> EndpointError:
+        """The clear error of a request that failed for good: `err` from the client, or what was wrong."""
+        import httpx2
         import openai  # lazy, as above
 
         where = f"openai backend {self.model_id!r}: POST {self.endpoint} (model {self.remote_model!r})"
-        attempts = f"gave up after {self.max_retries + 1} attempt(s) (max_retries={self.max_retries})"
-        if isinstance(err, openai.APITimeoutError):
+        n = self.tracker.attempts
+        attempts = f"gave up after {n} attempt(s) (max_retries={self.max_retries})"
+        if isinstance(err, str):
+            why = f"{err} (not retried; {n} attempt(s))"
+        elif isinstance(err, openai.APITimeoutError):
             why = f"{attempts}; last attempt timed out after {self.timeout_s:g}s"
         elif isinstance(err, openai.APIConnectionError):
             cause = err.__cause__ or err
-            why = f"{attempts}; last error: cannot connect: {type(cause).__name__}: {cause}"
+            what = "cannot connect" if isinstance(cause, httpx2.ConnectError) else "connection failed"
+            why = f"{attempts}; last error: {what}: {type(cause).__name__}: {cause}"
         elif isinstance(err, openai.APIStatusError):
             status = err.status_code
             if status in _RETRYABLE_STATUS or status >= 500:
                 why = f"{attempts}; last error: HTTP {status}: {err.message}"
             else:
-                why = f"HTTP {status} (not retried): {err.message}"
+                why = f"HTTP {status} (not retried; {n} attempt(s)): {err.message}"
         else:
             why = f"{type(err).__name__}: {err}"
-        return EndpointError(f"{where} failed: {why}")
+        return EndpointError(f"{where} failed: {why}", attempts=n)
 
     def _tokenizer_or_none(self) -> Any:
         if self.tokenizer_path is None:
@@ -187,22 +200,34 @@ class OpenAIBackend(Backend):
     def _create(self, req: dict[str, Any]) -> Any:
         return (self.client.chat.completions if self.chat else self.client.completions).create(**req)
 
-    def _one(self, prompt: str, params: SamplingParams) -> Completion:
+    def _send(self, prompt: str, params: SamplingParams) -> Any:
+        """The parsed response to `prompt`, after the client's retries (and after asking again without
+        an optional field the server refused); `EndpointError` when it fails for good."""
         import openai  # lazy, as above
 
+        while True:
+            req = self._request(prompt, params)
+            try:
+                resp = self._create(req)
+            except openai.BadRequestError as err:
+                if self._drop_rejected(req, str(err.message)):
+                    continue
+                raise self._fail(err) from err
+            except openai.OpenAIError as err:
+                raise self._fail(err) from err
+            except json.JSONDecodeError as err:  # a JSON content type, a body that is not
+                raise self._fail(f"the response body is not JSON: {err.doc[:80]!r}") from err
+            if isinstance(resp, str):  # the client hands back a body whose content type is not JSON as text
+                raise self._fail(f"the response body is not JSON: {resp[:80]!r}")
+            if not getattr(resp, "choices", None):
+                raise self._fail("the response has no choices")
+            return resp
+
+    def _one(self, prompt: str, params: SamplingParams) -> Completion:
+        self.tracker.reset()
         start = time.perf_counter()
-        req = self._request(prompt, params)
-        try:
-            resp = self._create(req)
-        except openai.BadRequestError as err:
-            if self._drop_rejected(req, str(err.message)):
-                return self._one(prompt, params)
-            raise self._fail(err) from err
-        except openai.OpenAIError as err:
-            raise self._fail(err) from err
+        resp = self._send(prompt, params)
         latency = time.perf_counter() - start
-        if not resp.choices:
-            raise EndpointError(f"openai backend {self.model_id!r}: POST {self.endpoint} returned no choices")
         choice = resp.choices[0]
         text, tokens, raw = self._parse_choice(choice)
         logprobs = [float("nan") if x is None else float(x) for x in raw]
@@ -214,6 +239,7 @@ class OpenAIBackend(Backend):
         return Completion(
             text=text.strip(), token_ids=parse_token_ids(tokens), token_logprobs=logprobs, usage=usage,
             latency_s=latency, model_id=self.model_id, finish_reason=finish_reason,
+            retries=self.tracker.attempts - 1,
         )
 
     def _parse_choice(self, choice: Any) -> tuple[str, list[str], list[float | None]]:
@@ -226,15 +252,23 @@ class OpenAIBackend(Backend):
 
     # -- Backend ---------------------------------------------------------------------------------------
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
+        """One completion per prompt; when some fail for good, an `EndpointError` whose `outcomes` keep
+        the others' completions."""
         if len(prompts) <= 1:
             return [self._one(p, params) for p in prompts]
         futures: list[Future] = [self._pool().submit(self._one, p, params) for p in prompts]
+        outcomes: list[Completion | EndpointError] = []
         try:
-            return [f.result() for f in futures]
+            for f in futures:
+                try:
+                    outcomes.append(f.result())
+                except EndpointError as err:
+                    outcomes.append(err)
         except BaseException:
             for f in futures:
                 f.cancel()
             raise
+        return completions_or_raise(outcomes)
 
     def close(self) -> None:
         with self._lock:
