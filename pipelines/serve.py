@@ -120,6 +120,8 @@ class PoolAPI:
 
     async def model_ids(self) -> list[str]:
         if self._model_ids is None:
+            if hasattr(self.pool, "resolve"):  # a deployment of this or another application, found here
+                self.pool = self.pool.resolve()
             self._model_ids = list(await self.pool.model_ids.remote())
         return self._model_ids
 
@@ -146,6 +148,7 @@ class PoolAPI:
                            param="model", code="model_not_found")
         check_max_tokens(req.max_tokens, self.cfg)
         try:
+            await self.model_ids()  # the pool resolved
             outs: list[Completion] = await self.pool.generate.remote(
                 req.model, req.prompts, req.sampling_params())
         except RayError as err:  # a failing model or actor: report it (no internals), keep serving
@@ -181,13 +184,18 @@ def pool_api(pool_handle: Any, tokenizer_paths: dict[str, str] | None = None,
     return app
 
 
+def _ingress(app: FastAPI, name: str, deps: tuple = ()) -> serve.Application:
+    """`app` as a Serve ingress deployment; `deps` (Serve applications, e.g. `PoolHost.bind(...)`) are bound
+    to it so that they deploy with it (its handlers reach them by name: `PoolOfApp`)."""
+    cls = serve.ingress(app)(type(name, (), {"__init__": lambda self, *deps: None}))
+    return serve.deployment(cls, name=name, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256).bind(*deps)
+
+
 def build_app(pool_handle: Any, tokenizer_paths: dict[str, str] | None = None,
-              cfg: ServeConfig | None = None) -> serve.Application:
-    """The Serve application for a running pool actor (bound at build time; the API key, if any, is
-    read from the environment here)."""
-    ingress = serve.deployment(serve.ingress(pool_api(pool_handle, tokenizer_paths, cfg))(), name="PoolIngress",
-                               ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
-    return ingress.bind()
+              cfg: ServeConfig | None = None, deps: tuple = ()) -> serve.Application:
+    """The Serve application for a running pool actor, or a `PoolOfApp` reference (bound at build time;
+    the API key, if any, is read from the environment here)."""
+    return _ingress(pool_api(pool_handle, tokenizer_paths, cfg), "PoolIngress", deps)
 
 
 def tokenizer_paths(cfg: Config) -> dict[str, str]:
@@ -202,9 +210,7 @@ class PoolEndpoint(NamedTuple):
 
 def build_router_app(cfg: Config, router_path: str | None, pool_handle: Any) -> serve.Application:
     """The router's Serve application (pipelines.router_api) over a running pool."""
-    ingress = serve.deployment(serve.ingress(router_api(cfg, router_path, pool_handle))(), name="RouterIngress",
-                               ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
-    return ingress.bind()
+    return _ingress(router_api(cfg, router_path, pool_handle), "RouterIngress")
 
 
 def run_router_endpoint(cfg: Config, router_path: str | None, blocking: bool = True, pool: Any = None) -> PoolEndpoint:
@@ -315,13 +321,14 @@ class PoolHost:
 
 
 class PoolOfApp:
-    """The `PoolHost` of another Serve application, looked up in the replica that uses it."""
+    """The `PoolHost` of a Serve application (default: the caller's own), looked up in the replica that
+    uses it."""
 
-    def __init__(self, app: str):
+    def __init__(self, app: str | None = None):
         self.app = app
 
     def resolve(self) -> Any:
-        return serve.get_deployment_handle("PoolHost", app_name=self.app)
+        return serve.get_deployment_handle("PoolHost", app_name=self.app or serve.get_replica_context().app_name)
 
 
 def _app_config(args: dict, builder: str) -> Config:
@@ -334,7 +341,7 @@ def pool_app(args: dict) -> serve.Application:
     """The pool endpoint as a Serve application builder (`import_path: pipelines.serve:pool_app`). `args`:
     `config` (a config path, relative to the working directory) and optionally `set` (overrides)."""
     cfg = _app_config(args, "pool_app")
-    return build_app(PoolHost.bind(cfg.model_dump()), tokenizer_paths(cfg), cfg.serve)
+    return build_app(PoolOfApp(), tokenizer_paths(cfg), cfg.serve, deps=(PoolHost.bind(cfg.model_dump()),))
 
 
 def router_app(args: dict) -> serve.Application:
