@@ -66,3 +66,37 @@ def sft_config(zoo_config, ray_local):
     out = run_sft_stage(cfg, Console(quiet=True))
     assert (out / "decomposer" / "config.json").exists() and (out / "allocator" / "config.json").exists()
     return cfg
+
+
+S3_BUCKET = "r2r-test"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server with one bucket; the env vars that point boto at it (set here for the module)."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import fsspec
+
+    fs, _ = fsspec.core.url_to_fs(f"s3://{S3_BUCKET}")
+    fs.mkdir(S3_BUCKET)
+    yield fs, env
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
