@@ -9,10 +9,12 @@ model per step, the steps run in order with the procedural review, and the chain
 The router decodes greedily, so `temperature`, `top_p` and `seed` do not change the answer.
 
 The cost knob, per request: `{"r2": {"lambda": L}}` in the body (with the openai client:
-`extra_body={"r2": {"lambda": 0.5}}`), L >= 0, default 0. The allocator then picks, per step,
-argmax_m [log pi(m | step) - L * price_m / price_max] over the pool's models: L = 0 is the trained
-allocator's own choice; each unit of L costs the largest model one nat of the allocator's preference, so
-a larger L routes to cheaper models (a step's chosen price never rises with L). `{"r2": {"task": NAME}}`
+`extra_body={"r2": {"lambda": 0.5}}`), L >= 0, default 0. It acts on both of the chain's spending
+decisions: the allocator picks, per step, argmax_m [log pi(m | step) - L * price_m / price_max] over the
+pool's models (each unit of L costs the largest model one nat of the allocator's preference), and the
+procedural review escalates a step only below tau / (1 + L). L = 0 is the trained router as it is; a larger
+L routes to cheaper models and escalates less. (The allocation alone is not enough: a cheaper model is
+less confident, and the review's escalations can then cost more than the allocation saved.) `{"r2": {"task": NAME}}`
 names the query's task when the world cannot infer it.
 
 The response is the OpenAI one plus:
@@ -152,12 +154,13 @@ class RouterAPI:
         except ValueError as err:  # an unknown task name
             raise APIError(400, str(err), param="r2.task") from None
         router = self.router.with_cost_penalty(req.r2.lam, self.prices)
+        reason = self.cfg.reason.model_copy(update={"tau": self.cfg.reason.tau / (1 + req.r2.lam)})
         trajs: list[Trajectory | None] = [None] * len(examples)
         for name in dict.fromkeys(ex.task for ex in examples):  # one batch per task, in the chain's lockstep
             idx = [i for i, ex in enumerate(examples) if ex.task == name]
             try:
                 out = await areason_batch([examples[i] for i in idx], router, self.pool, self.world.tasks[name],
-                                          self.cfg.reason, self.model_ids)
+                                          reason, self.model_ids)
             except RayError as err:
                 raise APIError(500, "the model pool failed while answering") from err
             for i, t in zip(idx, out):
