@@ -63,26 +63,35 @@ class Method(abc.ABC):
         return {"decomposer": dec.policy_params()["decomposer"]} if isinstance(dec, BaseRouter) else {}
 
 
-class FixedRouter(BaseRouter):
-    """A router of rules: a decomposition source and a fixed tier per step."""
+class BorrowedDecomposition(BaseRouter):
+    """A router whose steps come from a decomposition source (gold, or a trained router's decomposer,
+    whose tokens and size it then accounts as its own)."""
 
-    def __init__(self, name: str, decomposer, tier_of):
-        self.name, self._decomposer, self._tier_of = name, decomposer, tier_of
+    def __init__(self, name: str, decomposer):
+        self.name, self._decomposer = name, decomposer
         self.decomposer_name = decomposer.decomposer_name
 
     def decompose(self, examples, task):
         return self._decomposer.decompose(examples, task)
 
-    def allocate(self, step_texts, examples, n_tiers):
-        return [AllocateDecision(self._tier_of(t, ex, n_tiers)) for t, ex in zip(step_texts, examples)]
-
-    def own_usage(self, decision, allocation_prompts):  # a trained decomposer's tokens, when it uses one
+    def own_usage(self, decision, allocation_prompts):
         usage = getattr(self._decomposer, "decomposition_usage", None)
         return usage(decision) if usage else {}
 
     def policy_params(self):
         sizes = self._decomposer.policy_params() if isinstance(self._decomposer, BaseRouter) else {}
         return {k: v for k, v in sizes.items() if k == "decomposer"}
+
+
+class FixedRouter(BorrowedDecomposition):
+    """A router of rules: a decomposition source and a fixed tier per step."""
+
+    def __init__(self, name: str, decomposer, tier_of):
+        super().__init__(name, decomposer)
+        self._tier_of = tier_of
+
+    def allocate(self, step_texts, examples, n_tiers):
+        return [AllocateDecision(self._tier_of(t, ex, n_tiers)) for t, ex in zip(step_texts, examples)]
 
 
 class RouterMethod(Method):
@@ -246,17 +255,13 @@ class TaskRouter(Method):
         return await areason_batch(examples, router, ctx.pool, task, ctx.reason, ctx.model_ids, review=False)
 
 
-class FeatureAllocator(BaseRouter):
+class FeatureAllocator(BorrowedDecomposition):
     """A decomposition source (default: gold); each (rendered) step on the tier of the largest logit of a
     policy (a torch module: bag-of-words features -> one logit per tier)."""
 
     def __init__(self, name: str, features: BagOfWords, policy: torch.nn.Module, decomposer=None):
-        self.name, self.features, self.policy = name, features, policy
-        self._decomposer = decomposer or GoldDecomposition()
-        self.decomposer_name = self._decomposer.decomposer_name
-
-    def decompose(self, examples, task):
-        return self._decomposer.decompose(examples, task)
+        super().__init__(name, decomposer or GoldDecomposition())
+        self.features, self.policy = features, policy
 
     def with_decomposer(self, name: str, decomposer) -> FeatureAllocator:
         return FeatureAllocator(name, self.features, self.policy, decomposer)
