@@ -15,7 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_vllm_backend import LOGPROB_TOL, NO_VLLM_PYTHON, VLLM_PYTHON, _sharp_tiny_llama, needs_vllm
+from test_vllm_backend import LOGPROB_TOL, NO_VLLM_PYTHON, VLLM_PYTHON, needs_vllm
+from tests_support import sharp_tiny_llama
 
 from actors.backends import make_backend
 from core.types import SamplingParams
@@ -42,7 +43,7 @@ def vllm_server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     from transformers import AutoTokenizer
 
     tmp = tmp_path_factory.mktemp("vllm-chat")
-    path = _sharp_tiny_llama(tmp / "h32-chat", hidden=64, heads=2)
+    path = sharp_tiny_llama(tmp / "h32-chat", hidden=64, heads=2)
     tok = AutoTokenizer.from_pretrained(path)
     tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(path)
