@@ -264,7 +264,7 @@ class RllibConfig(Strict):
 
 
 class EvalConfig(Strict):
-    methods: list[str] = ["single:*", "all:*", "random", "task-router", "cascade", "two-tier"]
+    methods: list[Name] = ["single:*", "all:*", "random", "task-router", "cascade", "two-tier"]
     tasks: list[str] = ["facts", "scan"]
     limit: int = Field(500, ge=1)  # test queries per task
     # each knob method's sweep (its cost-accuracy curve, for AIQ): the review threshold tau, the
@@ -273,7 +273,7 @@ class EvalConfig(Strict):
     sweep_threshold: list[Fraction] = [0.5, 0.8, 0.95]
     sweep_mix: list[Fraction] = [0.0, 0.5, 1.0]
     task_router_train: int = Field(400, ge=1)  # train queries per task labelled for the task-router
-    router: str = "r2"  # the headline router: baselines also run on its decomposer, the reference is all:<largest>@it
+    router: Name = "r2"  # the headline router: baselines also run on its decomposer, the reference is all:<largest>@it
     rllib: RllibConfig = RllibConfig()  # the rllib-ppo baseline
 
 

@@ -41,8 +41,8 @@ def _unwrap(ann):
     """The type under Optional / Annotated, and the Annotated metadata met on the way."""
     meta = []
     while True:
-        if typing.get_origin(ann) is typing.Annotated:
-            meta += list(ann.__metadata__)
+        if typing.get_origin(ann) is typing.Annotated:  # a Field(...) in it carries its constraints
+            meta += [c for m in ann.__metadata__ for c in (getattr(m, "metadata", None) or [m])]
             ann = ann.__origin__
         elif typing.get_origin(ann) in (typing.Union, types.UnionType):
             args = [a for a in typing.get_args(ann) if a is not type(None)]
