@@ -232,8 +232,8 @@ class Trainer:
                 delete_staged(ckpt)  # a partial one from a killed run
             ckpt.mkdir(parents=True)
             files = self.learner.save_checkpoint(str(ckpt), self.state)  # each rank uploads its own files
+            push_staged(self.history_path)  # the steps this checkpoint follows, before it counts as complete
             push_staged(write_manifest(ckpt, {"step": self.state["step"]}, files))  # the manifest last
-            push_staged(self.history_path)
         except (OSError, ray.exceptions.RayTaskError) as err:
             cause = getattr(err, "cause", None) or err  # a learner's error comes wrapped by Ray
             why = f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0]}"
