@@ -92,10 +92,6 @@ class Storage:
         fs, root = fsspec.core.url_to_fs(self.target)
         return fs, root.rstrip("/")
 
-    def rel(self, path: str | os.PathLike) -> str:
-        """`path` (inside the local copy) relative to it."""
-        return Path(path).resolve().relative_to(self.local.resolve()).as_posix() if self.remote else str(path)
-
     def _remote_files(self, fs, root: str, rel: str) -> dict[str, dict]:
         base = _join(root, rel)
         if not fs.exists(base):

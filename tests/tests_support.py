@@ -42,3 +42,23 @@ def sharp_tiny_llama(path, hidden: int, heads: int, seed: int = 0, words: list[s
             layer.mlp.down_proj.weight.mul_(10)
     save(model, tok, path)
     return path
+
+
+def drive(proc, log, kill_when=None, timeout: float = 600, poll: float = 0.05) -> int | None:
+    """A training driver subprocess (its output in `log`): run to its end (asserting exit 0), or SIGKILL it
+    as soon as `kill_when()` holds. Returns the step its output says it resumed at, else None."""
+    import re
+    import signal
+    import time
+
+    if kill_when is None:
+        assert proc.wait(timeout=timeout) == 0, log.read_text()[-3000:]
+    else:
+        deadline = time.time() + timeout
+        while not kill_when():
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(poll)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    found = re.search(r"resumed from \S+ at step (\d+)", log.read_text())
+    return int(found.group(1)) if found else None

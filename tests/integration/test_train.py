@@ -1,7 +1,7 @@
 """Training on Ray: label search + SFT, GRPO steps with 2 rollout workers and a real DeepSpeed engine per
 policy on CPU; checkpoint -> resume (also across SIGKILLs of the driver), weight sync, worker restarts."""
 import pytest
-from tests_support import SMALL
+from tests_support import SMALL, drive
 
 pytestmark = pytest.mark.integration
 
@@ -223,11 +223,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_step_for_step(sft_con
     History then holds every step once, equal to an uninterrupted run's."""
     import json
     import os
-    import re
-    import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     from rich.console import Console
@@ -260,19 +257,11 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_step_for_step(sft_con
         out = tmp_path / f"driver{i}.log"
         with out.open("w") as sink:
             proc = subprocess.Popen(args + (["--resume"] if i else []), env=env, stdout=sink, stderr=subprocess.STDOUT)
-            if step is None:
-                assert proc.wait(timeout=600) == 0, out.read_text()[-3000:]
-            else:
-                deadline = time.time() + 600
-                while steps_logged() == logged or step not in steps_logged():  # this driver's row of `step`
-                    assert proc.poll() is None and time.time() < deadline, out.read_text()[-3000:]
-                    time.sleep(0.05)
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
+            resumed = drive(proc, out, None if step is None else  # this driver's row of `step`
+                            lambda logged=logged, step=step: steps_logged() != logged and step in steps_logged())
         if i:
-            found = re.search(r"resumed from \S+ at step (\d+)", out.read_text())
-            assert found, out.read_text()[-3000:]
-            resumed_at.append(int(found.group(1)))
+            assert resumed is not None, out.read_text()[-3000:]
+            resumed_at.append(resumed)
     assert resumed_at[-1] <= 4  # the second resume replays the boundary step
     rows = [json.loads(x) for x in history.read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(8))  # each step exactly once

@@ -6,15 +6,12 @@ to 1e-4, as the correctness tests hold a resumed run)."""
 import json
 import os
 import random
-import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from tests_support import SMALL
+from tests_support import SMALL, drive
 
 pytestmark = pytest.mark.integration
 BUCKET = "r2r-test"  # the s3 fixture's (tests/conftest.py)
@@ -63,20 +60,11 @@ def test_driver_killed_at_three_steps_resumes_from_the_bucket(sft_config, s3, tm
     resumed_at = []
     for i, step in enumerate([*points, None]):
         proc, log = driver(i)
-        if step is None:
-            assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
-        else:
-            manifest = f"{BUCKET}/run/train-seed5/checkpoints/step-{step:08d}/manifest.json"
-            deadline = time.time() + 600
-            while not fs.exists(manifest):
-                assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-                time.sleep(0.2)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+        manifest = f"{BUCKET}/run/train-seed5/checkpoints/step-{step or 0:08d}/manifest.json"
+        resumed = drive(proc, log, None if step is None else lambda m=manifest: fs.exists(m), poll=0.2)
         if i:
-            found = re.search(r"resumed from \S+ at step (\d+)", log.read_text())
-            assert found, log.read_text()[-3000:]
-            resumed_at.append(int(found.group(1)))
+            assert resumed is not None, log.read_text()[-3000:]
+            resumed_at.append(resumed)
     assert len(resumed_at) == len(points) and all(r >= p for r, p in zip(resumed_at, points))
     print(f"killed after steps {points}; resumed at {resumed_at}")
 

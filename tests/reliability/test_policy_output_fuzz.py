@@ -105,9 +105,13 @@ def run_template(name: str, tokenizer, world, query: str, output: str, answers: 
     return d
 
 
+# query, decomposer output, step answers, correctness, cost
+TEMPLATE_INPUTS = given(st.text(max_size=80), OUTPUT, st.lists(st.text(max_size=20), max_size=3), st.floats(0, 1),
+                        st.floats(0, 0.1))
+
+
 @CASES
-@given(st.text(max_size=80), OUTPUT, st.lists(st.text(max_size=20), max_size=3), st.floats(0, 1),
-       st.floats(0, 0.1))
+@TEMPLATE_INPUTS
 def test_tiny_template_outputs(tokenizers, world, query, output, answers, correct, cost):
     d = run_template("tiny", tokenizers["tiny"], world, query, output, answers)
     check_format_reward(d, correct, cost)
@@ -119,8 +123,7 @@ def test_tiny_template_outputs(tokenizers, world, query, output, answers, correc
 
 
 @CASES
-@given(st.text(max_size=80), OUTPUT, st.lists(st.text(max_size=20), max_size=3), st.floats(0, 1),
-       st.floats(0, 0.1))
+@TEMPLATE_INPUTS
 def test_chat_template_outputs(tokenizers, world, query, output, answers, correct, cost):
     d = run_template("chat", tokenizers["chat"], world, query, output, answers)
     check_format_reward(d, correct, cost)
