@@ -125,3 +125,15 @@ def markdown_table(results: dict) -> str:
             f"{m['calls_per_query']:.2f} | {-cut:+.1%} | {-total_cut:+.1%} | "
             f"{results['aiq'].get(name, float('nan')):.3f} |")
     return "\n".join(rows)
+
+
+def shape_table(shapes: dict[str, dict]) -> str:
+    """The generalisation report as markdown: per shape, the untrained decomposer's exact rate and each
+    trained router's exact rate and accuracy."""
+    names = sorted({n for row in shapes.values() for n in row["routers"]})
+    rows = ["| shape | held out | n | untrained exact | " + " | ".join(f"{n} exact | {n} accuracy" for n in names) + " |",
+            "|---|---|---:|---:|" + "---:|---:|" * len(names)]
+    for key, row in shapes.items():
+        cells = " | ".join(f"{row['routers'][n]['exact']:.3f} | {row['routers'][n]['accuracy']:.3f}" for n in names)
+        rows.append(f"| {key} | {'yes' if row['held_out'] else 'no'} | {row['n']} | {row['untrained_exact']:.3f} | {cells} |")
+    return "\n".join(rows)

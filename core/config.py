@@ -65,12 +65,26 @@ class FactsConfig(Strict):
     n_entities: int = Field(500, ge=10)
     n_relations: int = Field(48, ge=2)
     zipf: float = Field(0.6, ge=0)
-    hops: int = Field(2, ge=2)
+    # query shapes: hop counts and surface forms (benchmarks.tasks.facts.FORMS) of the train and test
+    # splits, and shapes held out of every split, label and zoo datum (the generalisation report's)
+    hops: list[Annotated[int, Field(ge=1, le=6)]] = Field([1, 2, 3, 4], min_length=1)
+    forms: list[str] = Field(["of", "the", "poss"], min_length=1)
+    held_out_hops: list[Annotated[int, Field(ge=1, le=6)]] = [5, 6]
+    held_out_forms: list[str] = ["what-poss"]
+    shape_queries: int = Field(200, ge=1)  # queries per shape in the generalisation report
     n_train_chains: int = Field(4000, ge=1)
     n_test_chains: int = Field(1000, ge=1)
     eval_facts_per_bucket: int = Field(400, ge=1)
     popular_fraction: float = Field(0.2, gt=0, lt=1)  # top share of subjects by popularity
     rare_fraction: float = Field(0.5, gt=0, lt=1)  # bottom share of subjects by popularity
+
+    @model_validator(mode="after")
+    def _shapes_apart(self) -> FactsConfig:
+        for field_, trained, held in (("held_out_hops", self.hops, self.held_out_hops),
+                                      ("held_out_forms", self.forms, self.held_out_forms)):
+            if set(trained) & set(held):
+                raise ValueError(f"{field_}: {sorted(set(trained) & set(held))} also trained on")
+        return self
 
 
 class ScanConfig(Strict):
@@ -324,6 +338,8 @@ class TrainConfig(Strict):
     """SFT then alternating GRPO (pipelines.sft, pipelines.train)."""
 
     init: str | None = None  # zoo model both policies start from (default: the largest)
+    init_decomposer: str | None = None  # the decomposer's own (default: init)
+    init_allocator: str | None = None  # the allocator's own (default: init)
     zero_stage: int = Field(1, ge=0, le=2)
     sft_epochs: int = Field(8, ge=1)  # allocator
     sft_epochs_decomposer: int = Field(50, ge=1)

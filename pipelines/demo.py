@@ -16,7 +16,7 @@ import time
 import ray
 from rich.progress import Progress
 
-from benchmarks.report import markdown_table
+from benchmarks.report import markdown_table, shape_table
 from core.config import Config, config_from_args, config_parser
 from core.console import console as make_console
 from core.storage import delete_staged
@@ -76,6 +76,8 @@ def run_demo(cfg: Config, limit: int | None, console) -> dict:
     results = evaluate(cfg, cfg.eval.methods, limit or cfg.eval.limit, out, console, routers)
     done("evaluate")
     console.print(markdown_table(results), markup=False)
+    if results.get("generalisation"):
+        console.print(shape_table(results["generalisation"]), markup=False)
     console.print(f"results: {out / 'results.json'}  plot: {out / 'pareto.png'}  "
                   f"learning curves: {run_dir / 'train' / 'learning_curves.png'}")
     ref = results["reference"]

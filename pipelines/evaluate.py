@@ -30,10 +30,11 @@ from benchmarks.tasks import build_world
 from core.config import Config, PriceConfig, config_from_args, config_parser
 from core.console import console as make_console
 from pipelines.bandit import fit_subtask_allocator
+from pipelines.generalisation import shape_report
 from pipelines.runs import cost_ref as run_cost_ref
-from pipelines.runs import synced, write_whole
+from pipelines.runs import init_dirs, synced, write_whole
 from policies.baselines import Context, RouterMethod, SubtaskAllocator, TaskRouter, expand, make_method
-from policies.load import trained_router
+from policies.load import load_router, trained_router
 from policies.reward import reward
 
 
@@ -241,6 +242,11 @@ def _evaluate(cfg: Config, pool, model_ids: list[str], method_names: list[str], 
     if head in trained:
         results["headline"] = headline(head, reference, vectors, cfg.seed)
         results["best_single"] = best_single(head, results["methods"])
+    if trained:
+        untrained, _ = load_router(cfg.model_copy(update={"router": cfg.router.model_copy(update={
+            "path": None, "init": str(init_dirs(cfg)["decomposer"]), "decomposer": "policy"})}), model_ids)
+        with pool_alive("the generalisation report"):
+            results["generalisation"] = shape_report(tasks, trained, untrained, ctx, console.log)
     write_whole(out_dir / "results.json", json.dumps(results, indent=2))
     report.pareto_png(results["methods"], reference, out_dir / "pareto.png",
                       f"{cfg.name}: {sum(results['tasks'].values())} test queries ({', '.join(tests)}); "

@@ -67,15 +67,20 @@ def labels_path(cfg: Config) -> Path:
     return cfg.run_path / "labels" / "labels.jsonl"
 
 
-def init_dir(cfg: Config) -> Path:
-    """The checkpoint both router policies start from: `train.init`, a zoo model's name or any HF folder
-    or id (default: the largest zoo model)."""
+def init_dirs(cfg: Config) -> dict[str, Path]:
+    """The checkpoint each router policy starts from: `train.init_<policy>`, else `train.init`, each a zoo
+    model's name or any HF folder or id (default: the largest zoo model)."""
     names = [m.name for m in cfg.zoo.models]
-    if cfg.train.init and cfg.train.init not in names:
-        return Path(cfg.train.init)
-    if not names:
-        raise ValueError("train.init: the config has no zoo; name the policies' checkpoint (an HF folder or id)")
-    return cfg.zoo_dir / (cfg.train.init or names[-1])
+
+    def resolve(field_: str, init: str | None) -> Path:
+        if init and init not in names:
+            return Path(init)
+        if not names:
+            raise ValueError(f"train.{field_}: the config has no zoo; name the policy's checkpoint (an HF folder or id)")
+        return cfg.zoo_dir / (init or names[-1])
+
+    return {p: resolve(f"init_{p}" if getattr(cfg.train, f"init_{p}") else "init",
+                       getattr(cfg.train, f"init_{p}") or cfg.train.init) for p in ("decomposer", "allocator")}
 
 
 def cost_ref(cfg: Config, pool, model_ids: list[str], tasks: dict[str, Task]) -> dict[str, float]:

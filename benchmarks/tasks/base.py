@@ -105,6 +105,16 @@ class Task(abc.ABC):
         """Test questions per bucket of the zoo's card, with each bucket's answer budget in tokens."""
         return {}
 
+    # -- query shapes, for the generalisation report ---------------------------------------------------
+    def shape_sets(self, n: int | None = None) -> dict[str, list[Example]]:
+        """Queries per shape (e.g. hop count, surface form), none of them in a split: {} when the task
+        has no notion of shape."""
+        return {}
+
+    def held_out(self, shape: str) -> bool:
+        """Whether a shape of `shape_sets` lies outside everything training saw."""
+        return False
+
 
 def exact_match(prediction: str, gold: str) -> float:
     return float(" ".join(prediction.split()) == " ".join(gold.split()))
