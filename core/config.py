@@ -281,8 +281,15 @@ class EvalConfig(Strict):
     methods: list[Name] = ["single:*", "all:*", "random", "task-router", "cascade", "two-tier"]
     tasks: list[str] = ["facts", "scan"]
     limit: int = Field(500, ge=1)  # test queries per task
-    # each knob method's sweep (its cost-accuracy curve, for AIQ): the review threshold tau, the
-    # task-router's cumulative-probability threshold, random's share of steps on the largest model
+    # the validation split: queries per task carved from the train split (at most half of it), kept out
+    # of labels, SFT, GRPO, cost_ref and the trained baselines; every knob is chosen on it
+    val_queries: int = Field(200, ge=1)
+    # a knob method's setting: its cheapest whose validation accuracy is within `val_tolerance` of the
+    # reference's (all:<largest>@<router>), else its most accurate
+    val_tolerance: Fraction = 0.01
+    # each knob method's sweep (its candidate settings, and its cost-accuracy curve on test, for AIQ): the
+    # review threshold tau, the task-router's cumulative-probability threshold, random's share of steps
+    # on the largest model
     sweep_tau: list[Fraction] = [0.3, 0.7, 0.95]
     sweep_threshold: list[Fraction] = [0.5, 0.8, 0.95]
     sweep_mix: list[Fraction] = [0.0, 0.5, 1.0]
@@ -371,7 +378,8 @@ class TrainConfig(Strict):
     keep_checkpoints: int = Field(2, ge=1)  # complete checkpoints kept (older ones are removed)
     cost_ref_queries: int = Field(100, ge=1)
     seed: int = 0  # GRPO's sampling seed (the world keeps `seed`); seed k > 0 writes `*-seed{k}` outputs
-    demo_seeds: list[int] = [0, 1]  # GRPO runs of the main job (their spread is reported)
+    # GRPO runs of the main job (their spread is reported): seed 0 writes `r2`, seed k `r2-seed{k}`
+    demo_seeds: list[Annotated[int, Field(ge=0)]] = Field([0, 1, 2], min_length=1)
 
     @model_validator(mode="after")
     def _sampler_sync(self) -> TrainConfig:

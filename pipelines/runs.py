@@ -84,16 +84,18 @@ def init_dirs(cfg: Config) -> dict[str, Path]:
 
 
 def cost_ref(cfg: Config, pool, model_ids: list[str], tasks: dict[str, Task]) -> dict[str, float]:
-    """Per task: the reference's mean cost per query on the first `train.cost_ref_queries` train queries.
+    """Per task: the reference's mean cost per query on the first `train.cost_ref_queries` train queries (the
+    validation queries left out: `Task.split`).
     Stored in `<run_dir>/cost_ref.json` with what it was computed from, and recomputed when that changed."""
     path = cfg.run_path / COST_REF
-    basis = {"model_ids": model_ids, "queries": cfg.train.cost_ref_queries, "split": "train"}
+    basis = {"model_ids": model_ids, "queries": cfg.train.cost_ref_queries, "split": "train",
+             "val_queries": cfg.eval.val_queries}
     stored = json.loads(path.read_text()) if path.exists() else {}
     per_task = stored.get("per_task", {}) if stored.get("basis") == basis else {}
     missing = {name: task for name, task in tasks.items() if name not in per_task}
     if missing:
         ctx = Context(pool, model_ids, cfg.reason, cfg.seed)
-        examples = {name: task.load("train")[: cfg.train.cost_ref_queries] for name, task in missing.items()}
+        examples = {name: task.split("train")[: cfg.train.cost_ref_queries] for name, task in missing.items()}
         per_task.update(asyncio.run(reference_cost(ctx, missing, examples)))
         write_whole(path, json.dumps({"basis": basis, "per_task": per_task}, indent=2))
     return {name: per_task[name] for name in tasks}

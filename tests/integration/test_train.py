@@ -3,6 +3,8 @@ policy on CPU; checkpoint -> resume (also across SIGKILLs of the driver), weight
 import pytest
 from tests_support import SMALL, drive
 
+from benchmarks.tasks import build_world
+
 pytestmark = pytest.mark.integration
 
 def test_a_trained_router_folder_routes_on_its_own(sft_config):
@@ -30,8 +32,9 @@ def test_evaluation_prices_the_routers_own_tokens(sft_config, tmp_path):
         "sweep_tau": [0.5], "sweep_mix": [0.0, 1.0], "task_router_train": 20})})
     res = evaluate(cfg, ["all:" + top.name, "cascade", "random", "task-router", "single:" + top.name], 6, tmp_path,
                    Console(quiet=True), {"r2": str(router_dir(sft_config, "sft"))})
-    # every knob method has a curve; the headline has paired-bootstrap intervals; the best single model too
-    assert len(res["methods"]["random@r2"]["curve"]) == 3 and len(res["methods"]["task-router@gold"]["curve"]) == 4
+    # every knob method has a curve on test (one point per setting); the headline has paired-bootstrap
+    # intervals; the best single model too
+    assert len(res["methods"]["random@r2"]["curve"]) == 2 and len(res["methods"]["task-router@gold"]["curve"]) == 3
     for key in ("accuracy_diff", "cost_cut", "cost_cut_with_router", "reward_diff"):
         lo, hi = res["headline"][key]["ci95"]
         assert lo <= res["headline"][key]["value"] <= hi, key
@@ -49,6 +52,43 @@ def test_evaluation_prices_the_routers_own_tokens(sft_config, tmp_path):
     assert lo * tokens * (1 - 1e-9) <= own <= hi * tokens * (1 + 1e-9)
     assert r2["total_cost_per_query"] == pytest.approx(r2["cost_per_query"] + own)
     assert "cost_cut_vs_reference_with_router" in r2
+
+
+def test_evaluation_chooses_each_knob_on_validation_and_runs_it_once_on_test(sft_config, tmp_path):
+    """Every knob method's setting is chosen on the validation queries (carved from train) for the target
+    (within eval.val_tolerance of the reference's validation accuracy); its row is that setting on test."""
+    from rich.console import Console
+
+    from benchmarks.report import choose_setting
+    from benchmarks.tasks import build_world
+    from pipelines.evaluate import evaluate
+    from pipelines.runs import router_dir
+
+    top = sft_config.zoo.models[-1].name
+    cfg = sft_config.model_copy(update={"eval": sft_config.eval.model_copy(update={
+        "sweep_tau": [0.3, 0.95], "sweep_mix": [0.0, 1.0], "sweep_threshold": [0.5, 0.95], "task_router_train": 20,
+        "val_queries": 6})})
+    res = evaluate(cfg, ["random", "cascade", "task-router"], 6, tmp_path, Console(quiet=True),
+                   {"r2": str(router_dir(sft_config, "sft"))})
+    tasks = build_world(cfg).tasks
+    assert res["splits"] == {n: {"train": len(t.load("train")) - 6, "val": 6, "test": 6} for n, t in tasks.items()}
+    val = res["validation"]
+    assert val["reference"] == res["reference"] == f"all:{top}@r2" and val["queries"] == {"facts": 6, "scan": 6}
+    assert val["target_accuracy"] == pytest.approx(val["reference_accuracy"] - cfg.eval.val_tolerance)
+    knob_methods = {"r2", "random@r2", "random@gold", "cascade@r2", "cascade@gold", "task-router@r2",
+                    "task-router@gold"}
+    assert {n for n, m in res["methods"].items() if "knob" in m} == knob_methods
+    for name in knob_methods:
+        m, knob = res["methods"][name], res["methods"][name]["knob"]
+        curve = knob["validation_curve"]
+        assert [p["value"] for p in curve] == knob["candidates"] == getattr(cfg.eval, f"sweep_{knob['name']}")
+        assert all(p["n"] == 12 for p in curve)  # 6 validation queries per task
+        i = choose_setting([(p["cost_per_query"], p["accuracy"]) for p in curve], val["target_accuracy"])
+        assert knob["chosen"] == knob["candidates"][i]
+        # the headline row is the chosen setting's test run, one point of the test curve
+        assert tuple(m["curve"][i]) == (m["cost_per_query"], m["accuracy"]) and m["n"] == 12
+    assert res["headline"]["setting"] == res["methods"]["r2"]["knob"]
+    assert res["headline"]["seeds"]["routers"] == ["r2"]
 
 
 def test_route_uses_the_runs_trained_router_without_flags(sft_config, tmp_path, capsys):
@@ -70,6 +110,10 @@ def test_labels_cover_both_policies(sft_config):
     assert {r["task"] for r in rows} == {"facts", "scan"}
     alloc = [r for r in rows if "tiers" in r]
     assert alloc and all(len(r["tiers"]) == len(r["steps"]) == len(r["rendered"]) for r in alloc)
+    # labelled on the train split without its validation queries
+    tasks = build_world(sft_config).tasks
+    train = {(n, ex.id) for n, t in tasks.items() for ex in t.split("train")}
+    assert all((r["task"], r["id"]) in train for r in rows)
 
 
 def with_train(cfg, **update):
@@ -84,6 +128,9 @@ def test_two_grpo_steps_then_resume_reproduces(sft_config):
 
     cfg = with_train(sft_config, checkpoint_every=2)
     first = Trainer(cfg, Console(quiet=True))
+    for name, task in first.tasks.items():  # GRPO samples the train split without its validation queries
+        assert [ex.id for ex in first.train_sets[name]] == [ex.id for ex in task.split("train")]
+        assert not {ex.id for ex in first.train_sets[name]} & {ex.id for ex in task.split("val")}
     history = first.fit(steps=2)  # 2 steps: one per policy (alternate_every=1), checkpoint after step 2
     assert [h["phase"] for h in history] == ["decomposer", "allocator"]
     for h in history:
