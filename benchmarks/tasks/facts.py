@@ -163,7 +163,7 @@ class FactsTask(Task):
     def zoo_pairs(self):
         hops = [(f"{fact.relation} of {fact.subject}", fact.obj) for fact in self.world.facts]
         return {"facts_hop": (hops, self.world.fact_weights),
-                "facts_chain": ([(e.query, e.answer) for e in self.load("train")], None)}
+                "facts_chain": ([(e.query, e.answer) for e in self.split("train")], None)}  # no validation query
 
     def card_sets(self):
         hops = self.hop_examples()
