@@ -61,6 +61,9 @@ class PriceConfig(Strict):
         return self
 
 
+FactsForm = Literal["of", "the", "poss", "what-poss"]  # the surface forms of benchmarks.tasks.facts.FORMS
+
+
 class FactsConfig(Strict):
     n_entities: int = Field(500, ge=10)
     n_relations: int = Field(48, ge=2)
@@ -68,9 +71,9 @@ class FactsConfig(Strict):
     # query shapes: hop counts and surface forms (benchmarks.tasks.facts.FORMS) of the train and test
     # splits, and shapes held out of every split, label and zoo datum (the generalisation report's)
     hops: list[Annotated[int, Field(ge=1, le=6)]] = Field([1, 2, 3, 4], min_length=1)
-    forms: list[str] = Field(["of", "the", "poss"], min_length=1)
+    forms: list[FactsForm] = Field(["of", "the", "poss"], min_length=1)
     held_out_hops: list[Annotated[int, Field(ge=1, le=6)]] = [5, 6]
-    held_out_forms: list[str] = ["what-poss"]
+    held_out_forms: list[FactsForm] = ["what-poss"]
     shape_queries: int = Field(200, ge=1)  # queries per shape in the generalisation report
     n_train_chains: int = Field(4000, ge=1)
     n_test_chains: int = Field(1000, ge=1)

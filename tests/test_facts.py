@@ -72,5 +72,11 @@ def test_shape_settings_are_checked():
 
     with pytest.raises(ValidationError, match="held_out_hops"):
         FactsConfig(hops=[1, 2], held_out_hops=[2, 3])
-    with pytest.raises(ValueError, match="tasks.facts.forms"):
-        FactsTask(FactsConfig(n_entities=60, n_relations=6, forms=["of", "yoda"]))
+    with pytest.raises(ValidationError, match="forms"):
+        FactsConfig(forms=["of", "yoda"])
+    from typing import get_args
+
+    from benchmarks.tasks.facts import FORMS
+    from core.config import FactsForm
+
+    assert set(get_args(FactsForm)) == set(FORMS)
