@@ -54,6 +54,7 @@ import torch
 
 from actors.backends.vllm import VLLMBackend, WeightReloadExtension, pad_state
 from actors.weight_sync import state_checksum
+from policies import positions
 from policies.policy_lm import Sample, decode_sample
 
 LOGPROBS_MODE = "processed_logprobs"
@@ -169,6 +170,9 @@ class VLLMPolicy:
         interpreter (default: this process's), `engine_args` for vLLM."""
         from transformers import AutoTokenizer  # lazy: heavy, only to load
 
+        if positions.CONFIG_KEY in json.loads((Path(path) / "config.json").read_text()):
+            raise ValueError(f"{name}: {path} extrapolates RoPE per sequence (policies.positions), which vLLM does "
+                             "not; sample it with the hf backend, or train it with train.length_extrapolation: 1")
         self.name = name
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         opts = dict(options)

@@ -70,9 +70,9 @@ class FactsConfig(Strict):
     zipf: float = Field(0.6, ge=0)
     # query shapes: hop counts and surface forms (benchmarks.tasks.facts.FORMS) of the train and test
     # splits, and shapes held out of every split, label and zoo datum (the generalisation report's)
-    hops: list[Annotated[int, Field(ge=1, le=6)]] = Field([1, 2, 3, 4], min_length=1)
+    hops: list[Annotated[int, Field(ge=1, le=8)]] = Field([1, 2, 3, 4], min_length=1)
     forms: list[FactsForm] = Field(["of", "the", "poss"], min_length=1)
-    held_out_hops: list[Annotated[int, Field(ge=1, le=6)]] = [5, 6]
+    held_out_hops: list[Annotated[int, Field(ge=1, le=8)]] = [5, 6]
     held_out_forms: list[FactsForm] = ["what-poss"]
     shape_queries: int = Field(200, ge=1)  # queries per shape in the generalisation report
     n_train_chains: int = Field(4000, ge=1)
@@ -353,6 +353,8 @@ class TrainConfig(Strict):
     zero_stage: int = Field(1, ge=0, le=2)
     sft_epochs: int = Field(8, ge=1)  # allocator
     sft_epochs_decomposer: int = Field(50, ge=1)
+    # dynamic NTK factor for decomposer inputs longer than its SFT data (policies.positions); 1 = off
+    length_extrapolation: float = Field(1.0, ge=1.0)
     sft_lr: float = Field(5e-3, gt=0)  # peak; linear warmup, then cosine decay to 0
     sft_warmup_steps: int = Field(50, ge=0)
     sft_batch: int = Field(64, ge=1)
@@ -453,6 +455,11 @@ class Config(Strict):
     def _pool_has_models(self) -> Config:
         if not (self.pool.use_zoo and self.zoo.models) and not self.pool.models:
             raise ValueError("pool: no models (give pool.models, or zoo.models with pool.use_zoo: true)")
+        facts = self.tasks.facts
+        longest = max([*facts.hops, *facts.held_out_hops]) if "facts" in self.tasks.enabled else 0
+        if self.reason.max_steps < longest:
+            raise ValueError(f"reason.max_steps: {self.reason.max_steps} steps cannot decompose the longest facts "
+                             f"chain ({longest} hops, tasks.facts.hops / held_out_hops)")
         return self
 
     @property

@@ -2,11 +2,12 @@
 
     python -m pipelines.sft --config configs/tiny.yaml
 
-Both policies start from a zoo checkpoint (`train.init`, default: the largest zoo model, which already
-knows the tiny world's words and facts) and train in the `Learner`'s DeepSpeed engines, the learning
+Both policies start from a zoo checkpoint or fresh weights of a zoo shape (`train.init`,
+`train.init_<policy>`, `scratch:<model>`) and train in the `Learner`'s DeepSpeed engines, the learning
 rate warming up for `train.sft_warmup_steps` and then decaying to 0 on a cosine (copying a query's words
-exactly needs that final low-rate phase). Runs the label search first when
-`<run_dir>/labels/labels.jsonl` is missing. Writes `<run_dir>/router/sft/`.
+exactly needs that final low-rate phase). The decomposer's folder records the longest prompt it trained
+on, beyond which it extrapolates (`train.length_extrapolation`, `policies.positions`). Runs the label
+search first when `<run_dir>/labels/labels.jsonl` is missing. Writes `<run_dir>/router/sft/`.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from core.config import Config, config_from_args, config_parser
 from core.console import console as make_console
 from pipelines.labels import read_labels, write_labels
 from pipelines.runs import init_dirs, labels_path, router_dir, save_router_meta, synced
+from policies import positions
 from policies.router import TEMPLATES
 
 
@@ -34,6 +36,11 @@ def sft_data(rows: list[dict], tokenizer, templates: str) -> dict[str, list[tupl
     alloc = [(tpl.allocate_prompt(text, [], tokenizer), [tier])
              for r in rows if r.get("tiers") for text, tier in zip(r["rendered"], r["tiers"])]
     return {"decomposer": dec, "allocator": alloc}
+
+
+def longest_prompt(items: list[tuple[str, list[int]]], tokenizer) -> int:
+    """Tokens of the longest prompt, as the policy reads it."""
+    return max(len(tokenizer(p).input_ids) for p, _ in items)
 
 
 def epochs(cfg: Config, name: str) -> int:
@@ -77,12 +84,16 @@ def run_sft_stage(cfg: Config, console) -> Path:
         t_labels = time.perf_counter() - start
         init = {policy: str(path) for policy, path in init_dirs(cfg).items()}
         # the policies share one vocabulary (every zoo model has the tiny world's)
-        data = sft_data(rows, AutoTokenizer.from_pretrained(init["decomposer"]), cfg.router.templates)
+        tokenizer = AutoTokenizer.from_pretrained(init["decomposer"])
+        data = sft_data(rows, tokenizer, cfg.router.templates)
         learner = LearnerGroup(cfg, init, model_ids, cfg.train.sft_lr, total_steps(cfg, data))
         history = run_sft(cfg, learner, data, console, progress)
         out = router_dir(cfg, "sft")
         learner.save_pretrained(str(out))
         learner.kill()
+        if data["decomposer"]:  # inputs longer than these extrapolate (policies.positions)
+            positions.mark(out / "decomposer", longest_prompt(data["decomposer"], tokenizer),
+                           cfg.train.length_extrapolation)
         save_router_meta(cfg, out, model_ids, "sft")
     (out / "sft_history.json").write_text(json.dumps(
         {"history": history, "labels": len(rows), "label_seconds": round(t_labels, 1),

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from core.config import LoraConfig
+from policies import positions
 
 
 @dataclass
@@ -41,12 +42,14 @@ class PolicyLM:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, lora: LoraConfig | None = None, device: str | None = None) -> PolicyLM:
-        """Loads on `device` (default: the GPU when there is one, else the CPU); with `lora`, wrapped in
-        fresh LoRA adapters (only they train)."""
+        """Loads on `device` (default: the GPU when there is one, else the CPU), with the length
+        extrapolation its config records (`policies.positions`); with `lora`, wrapped in fresh LoRA
+        adapters (only they train)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: heavy, only to load
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device)
+        positions.install(model)  # length extrapolation, when SFT recorded it in the config
         if lora:
             from peft import LoraConfig as PeftLoraConfig  # lazy: optional (LoRA adapters)
             from peft import get_peft_model
@@ -87,6 +90,12 @@ class PolicyLM:
         self.model.eval()
         enc = self.encode(prompts)
         ids, attn = enc.input_ids, enc.attention_mask
+        # the KV-cache argument is `cache` in recent transformers, `past_key_values` before
+        cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        with positions.reading(self.model, attn.sum(-1)):
+            return self._decode(ids, attn, max_new_tokens, temperature, allowed, generator, cache_kw)
+
+    def _decode(self, ids, attn, max_new_tokens, temperature, allowed, generator, cache_kw) -> list[Sample]:
         n = ids.shape[0]
         done = torch.zeros(n, dtype=torch.bool, device=self.device)
         out_ids: list[list[int]] = [[] for _ in range(n)]
@@ -94,8 +103,6 @@ class PolicyLM:
         past, pos = None, (attn.cumsum(-1) - 1).clamp(min=0)
         vocab_mask = None
         step_ids = ids
-        # the KV-cache argument is `cache` in recent transformers, `past_key_values` before
-        cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         for _ in range(max_new_tokens):
             res = self.model(input_ids=step_ids, attention_mask=attn, position_ids=pos, use_cache=True,
                              **{cache_kw: past})
@@ -141,7 +148,8 @@ class PolicyLM:
         ids = torch.cat([enc.input_ids, comp], dim=1)
         mask = torch.cat([enc.attention_mask, comp_mask], dim=1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
+        with positions.reading(self.model, enc.attention_mask.sum(-1)):
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
         p = enc.input_ids.shape[1]
         logits = logits[:, p - 1: p - 1 + width, :]
         if allowed is not None:
