@@ -93,6 +93,18 @@ class FactsConfig(Strict):
 class ScanConfig(Strict):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     n_test_commands: int = Field(500, ge=1)  # evaluation subsample of the test split
+    # clause counts of the train/test commands (1-2: SCAN's 20,910; 3+: `long_commands` drawn per count),
+    # and counts held out of both (the generalisation report's shapes, `shape_queries` each)
+    clauses: list[Annotated[int, Field(ge=1, le=6)]] = Field([1, 2], min_length=1)
+    held_out_clauses: list[Annotated[int, Field(ge=1, le=6)]] = []
+    long_commands: int = Field(4000, ge=1)
+    shape_queries: int = Field(200, ge=1)
+
+    @model_validator(mode="after")
+    def _clauses_apart(self) -> ScanConfig:
+        if set(self.clauses) & set(self.held_out_clauses):
+            raise ValueError(f"held_out_clauses: {sorted(set(self.clauses) & set(self.held_out_clauses))} also trained on")
+        return self
 
 
 class TasksConfig(Strict):

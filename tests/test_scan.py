@@ -66,10 +66,13 @@ def test_known_interpretations() -> None:
     assert interpret("look around right twice") == " ".join(["I_TURN_RIGHT I_LOOK"] * 8)
     assert interpret("walk and run thrice") == "I_WALK I_RUN I_RUN I_RUN"
     assert interpret("walk after run left") == "I_TURN_LEFT I_RUN I_WALK"
+    # longer chains: `after` binds loosest, its and-chains run right to left
+    assert interpret("walk and run and jump") == "I_WALK I_RUN I_JUMP"
+    assert interpret("walk and run after jump after look") == "I_LOOK I_JUMP I_WALK I_RUN"
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "turn", "walk twice twice", "fly", "walk and", "walk and run and jump", "left walk"]
+    "bad", ["", "turn", "walk twice twice", "fly", "walk and", "walk and and run", "after walk", "left walk"]
 )
 def test_interpret_rejects_invalid(bad: str) -> None:
     with pytest.raises(ValueError):
@@ -153,3 +156,25 @@ def test_score_never_raises(garbage: str) -> None:
     task = ScanTask()
     e = task.clause_examples()[0]
     assert task.score(garbage, e) in (0.0, 1.0)
+
+
+def test_longer_chains_are_an_option_split_and_shaped() -> None:
+    """`clauses` adds drawn 3-clause commands to both splits (disjoint, decomposing and composing like SCAN's);
+    held-out counts appear only in the shape sets; the default world is SCAN's 20,910 commands as before."""
+    assert [e.id for e in ScanTask().load("train")] == [e.id for e in ScanTask(ScanConfig(clauses=[1, 2])).load("train")]
+    task = ScanTask(ScanConfig(clauses=[2, 3], held_out_clauses=[4], long_commands=300, shape_queries=50,
+                               n_test_commands=10**6), seed=0)
+    train, test = task.load("train"), task.load("test")
+    assert {e.meta["n_clauses"] for e in train} == {2, 3} == {e.meta["n_clauses"] for e in task.load("test")}
+    assert not {e.query for e in train} & {e.query for e in test}
+    assert sum(e.meta["n_clauses"] == 3 for e in train + test) == 300
+    for e in [x for x in train if x.meta["n_clauses"] == 3][:50]:
+        assert compose([s.answer for s in e.steps]) == e.answer == interpret(e.query)
+        assert task.parse_query(e.query).steps == e.steps
+    shapes = task.shape_sets()
+    assert list(shapes) == ["2clause", "3clause", "4clause"] and all(len(v) == 50 for v in shapes.values())
+    assert [task.held_out(s) for s in shapes] == [False, False, True]
+    assert not {e.query for e in shapes["4clause"]} & {e.query for e in train + test}
+    assert all(len(e.steps) == 4 for e in shapes["4clause"])
+    with pytest.raises(ValueError, match="held_out_clauses"):
+        ScanConfig(clauses=[1, 2], held_out_clauses=[2])

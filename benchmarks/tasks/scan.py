@@ -5,11 +5,16 @@ Grammar:  C -> S | S and S | S after S;  S -> V | V twice | V thrice;
           U -> walk | look | run | jump.
 34 atoms (V) x 3 repetitions = 102 clauses (S); 102 + 2 * 102**2 = 20,910 commands.
 The gold decomposition of a command is its clauses in execution order ("X after Y" runs Y first).
+
+Longer chains (an option: `tasks.scan.clauses`, `held_out_clauses`) extend C to S (conj S)*, with `after`
+binding loosest: a command splits at every `after` into `and`-chains, the chains run right to left and
+each chain left to right, so "A and B after C after D" runs D, C, A, B (two clauses read as in SCAN).
+Commands of three or more clauses are drawn at random (`long_commands` per clause count).
 """
 from __future__ import annotations
 
 import random
-from functools import cache
+from functools import cache, cached_property
 
 from benchmarks.tasks.base import Example, Step, Task, exact_match, register_task
 from core.config import Config, ScanConfig
@@ -54,14 +59,10 @@ def _clause(words: list[str]) -> list[str]:
 
 
 def clauses(command: str) -> list[str]:
-    """The command's clauses in execution order: "X and Y" -> [X, Y], "X after Y" -> [Y, X]."""
-    words = command.split()
-    for conj in CONJUNCTIONS:
-        if conj in words:
-            i = words.index(conj)
-            first, second = " ".join(words[:i]), " ".join(words[i + 1 :])
-            return [first, second] if conj == "and" else [second, first]
-    return [" ".join(words)]
+    """The command's clauses in execution order: "X and Y" -> [X, Y], "X after Y" -> [Y, X]; longer
+    chains split at every `after` into `and`-chains run right to left ("A and B after C" -> [C, A, B])."""
+    chains = " ".join(command.split()).split(" after ")
+    return [c for chain in reversed(chains) for c in chain.split(" and ")]
 
 
 def interpret(command: str) -> str:
@@ -102,6 +103,18 @@ def all_commands() -> list[str]:
     return list(_all_commands())
 
 
+def draw_commands(n_clauses: int, n: int, seed: int) -> list[str]:
+    """`n` distinct random commands of `n_clauses` clauses (uniform clauses and conjunctions), seeded."""
+    rng, cs, out = random.Random(f"scan-{n_clauses}-{seed}"), _all_clauses(), {}
+    room = len(cs) ** n_clauses * len(CONJUNCTIONS) ** (n_clauses - 1)
+    while len(out) < min(n, room):
+        words = [rng.choice(cs)]
+        for _ in range(n_clauses - 1):
+            words += [rng.choice(CONJUNCTIONS), rng.choice(cs)]
+        out.setdefault(" ".join(words), None)
+    return list(out)
+
+
 def vocab() -> list[str]:
     """Command words then action tokens, for a word-level tokenizer."""
     words = [*PRIMITIVES, "turn", *TURNS, "opposite", "around", *REPEATS, *CONJUNCTIONS]
@@ -115,10 +128,23 @@ class ScanTask(Task):
     def __init__(self, cfg: ScanConfig | None = None, seed: int = 0) -> None:
         self.cfg = cfg or ScanConfig()
         self.seed = seed
-        order = list(range(N_COMMANDS))
-        random.Random(seed).shuffle(order)
-        n_test = round(N_COMMANDS * self.cfg.test_fraction)
-        self._test, self._train = order[:n_test], order[n_test:]
+
+    @cached_property
+    def _splits(self) -> dict[str, list[Example]]:
+        """SCAN's commands of the configured clause counts, shuffled and cut; longer chains drawn and cut alike."""
+        order = [i for i in range(N_COMMANDS) if len(clauses(_all_commands()[i])) in self.cfg.clauses]
+        random.Random(self.seed).shuffle(order)
+        n_test = round(len(order) * self.cfg.test_fraction)
+        test, train = [self._example(i) for i in order[:n_test]], [self._example(i) for i in order[n_test:]]
+        long = [k for k in sorted(self.cfg.clauses) if k > 2]
+        for k in long:
+            drawn = [self._command_example(c) for c in draw_commands(k, self.cfg.long_commands, self.seed)]
+            cut = round(len(drawn) * self.cfg.test_fraction)
+            test, train = test + drawn[:cut], train + drawn[cut:]
+        if long:  # the clause counts mixed in both splits, each in a seeded order
+            random.Random(self.seed + 1).shuffle(test)
+            random.Random(self.seed + 2).shuffle(train)
+        return {"train": train, "test": test}
 
     @classmethod
     def from_config(cls, cfg: Config) -> ScanTask:
@@ -136,10 +162,13 @@ class ScanTask(Task):
                 "scan:command": ([(e.query, e.answer) for e in self.load("test")], COMMAND_MAX_TOKENS)}
 
     def _example(self, idx: int) -> Example:
-        command = _all_commands()[idx]
+        return self._command_example(_all_commands()[idx], f"scan-{idx}")
+
+    @staticmethod
+    def _command_example(command: str, id_: str | None = None) -> Example:
         parts = clauses(command)
         return Example(
-            id=f"scan-{idx}",
+            id=id_ or "scan-" + command.replace(" ", "-"),
             task="scan",
             query=command,
             answer=interpret(command),
@@ -149,20 +178,34 @@ class ScanTask(Task):
         )
 
     def parse_query(self, query: str) -> Example | None:
+        """A command of any number of clauses -> its example (None when not in the language)."""
         command = " ".join(query.split())
         try:
-            return self._example(_all_commands().index(command))
+            interpret(command)
         except ValueError:
             return None
+        if len(clauses(command)) <= 2:
+            return self._example(_all_commands().index(command))
+        return self._command_example(command)
 
     def load(self, split: str) -> list[Example]:
         if split == "train":
-            idxs = self._train
-        elif split == "test":
-            idxs = self._test[: self.cfg.n_test_commands]  # already shuffled: a seeded subsample
-        else:
-            raise ValueError(f"unknown split {split!r} (train/test)")
-        return [self._example(i) for i in idxs]
+            return list(self._splits["train"])
+        if split == "test":
+            return self._splits["test"][: self.cfg.n_test_commands]  # already shuffled: a seeded subsample
+        raise ValueError(f"unknown split {split!r} (train/test)")
+
+    def shape_sets(self, n: int | None = None) -> dict[str, list[Example]]:
+        """`n` commands (default `shape_queries`) per clause count (`<k>clause`): trained counts from the test
+        split, held-out counts (`held_out_clauses`) drawn afresh."""
+        n = n or self.cfg.shape_queries
+        sets = {k: [e for e in self._splits["test"] if e.meta["n_clauses"] == k][:n] for k in self.cfg.clauses}
+        sets |= {k: [self._command_example(c) for c in draw_commands(k, n, self.seed + 3)]
+                 for k in self.cfg.held_out_clauses}
+        return {f"{k}clause": sets[k] for k in sorted(sets)}
+
+    def held_out(self, shape: str) -> bool:
+        return int(shape.removesuffix("clause")) in self.cfg.held_out_clauses
 
     def clause_examples(self) -> list[Example]:
         """Every distinct clause as a one-step example."""
