@@ -25,7 +25,8 @@ CONFIGS = ["tiny.yaml", "paper.yaml"]
 # when the world is built)
 FREE = {"seed", "serve.host", "wandb.project", "zoo.models.*.price.paper_model", "pool.use_zoo",
         "pool.models.*.path", "pool.models.*.url", "pool.models.*.remote_model", "pool.models.*.api_key_env",
-        "pool.models.*.chat", "plan.gpu", "train.init", "tasks.enabled", "pool.models.*.price.paper_model"}
+        "pool.models.*.chat", "plan.gpu", "train.init", "train.init_decomposer", "train.init_allocator",
+        "tasks.enabled", "pool.models.*.price.paper_model"}
 
 
 def leaves(tree, prefix: tuple = ()) -> list[tuple]:
