@@ -26,7 +26,7 @@ def kill_points() -> list[int]:
     return sorted(points)
 
 
-def test_driver_killed_at_three_steps_resumes_from_the_bucket(sft_config, s3, tmp_path):
+def test_driver_killed_at_three_steps_resumes_from_the_bucket(sft_config, zoo_pool, s3, tmp_path):
     from rich.console import Console
 
     from pipelines.train import Trainer
@@ -36,7 +36,7 @@ def test_driver_killed_at_three_steps_resumes_from_the_bucket(sft_config, s3, tm
                 "train.checkpoint_every": "1", "train.grpo_steps": str(STEPS)}
     cfg = sft_config.model_copy(update={"train": sft_config.train.model_copy(update={
         "seed": 5, "queries_per_step": 4, "checkpoint_every": 1, "grpo_steps": STEPS})})
-    reference = Trainer(cfg, Console(quiet=True))  # uninterrupted, on local disk
+    reference = Trainer(cfg, Console(quiet=True), pool=zoo_pool)  # uninterrupted, on local disk
     expected = reference.fit()
     reference.close()
 
