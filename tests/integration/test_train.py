@@ -178,7 +178,8 @@ def test_sampler_and_learner_agree_at_a_training_temperature_other_than_1(sft_co
     from pipelines.train import Trainer
     from policies.grpo import training_items
 
-    trainer = Trainer(with_train(sft_config, temperature=0.7), Console(quiet=True), pool=zoo_pool)
+    # one rollout worker: the test samples on workers[0] only
+    trainer = Trainer(with_train(sft_config, temperature=0.7, rollout_workers=1), Console(quiet=True), pool=zoo_pool)
     try:
         examples = trainer.train_sets["facts"][:4] + trainer.train_sets["scan"][:4]
         for phase in ("decomposer", "allocator"):
@@ -204,7 +205,7 @@ def test_resume_passes_over_a_partial_checkpoint(sft_config, zoo_pool, capsys):
     from core.checkpoints import step_dir
     from pipelines.train import Trainer
 
-    cfg = with_train(sft_config, checkpoint_every=1, seed=3)
+    cfg = with_train(sft_config, checkpoint_every=1, seed=3, rollout_workers=1)  # which checkpoint resumes: 1 worker will do
     first = Trainer(cfg, Console(), pool=zoo_pool)
     first.fit(steps=2)
     first.close()
