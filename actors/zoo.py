@@ -83,6 +83,7 @@ def model_key(cfg: Config, m: ZooModelConfig) -> str:
     """Everything that changes a trained model; a match means the checkpoint is reused."""
     blob = json.dumps({
         "model": m.model_dump(exclude={"price"}), "seed": cfg.seed, "tasks": _task_settings(cfg),
+        "val_queries": cfg.eval.val_queries,  # whole train queries in the zoo's data leave the validation carve out
         "zoo": cfg.zoo.model_dump(exclude={"models", "workers", "eval_batch_size", "dir"}),
         "router_vocab": [*ROUTER_WORDS, *MODEL_SLOTS],  # the rest of the vocabulary follows from tasks + seed
     }, sort_keys=True)

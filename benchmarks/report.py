@@ -1,5 +1,6 @@
 """Cost-accuracy reporting: AIQ (RouterBench's area under the non-decreasing cost-accuracy hull),
-cost cut at matched accuracy versus the reference, the Pareto plot and the markdown table."""
+cost cut at matched accuracy versus the reference, the rule that picks a knob's setting on validation,
+paired-bootstrap intervals, the Pareto plot and the markdown table."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -61,6 +62,18 @@ def accuracy_at_cost(points: list[tuple[float, float]], cost: float) -> float | 
     return h[-1][1]
 
 
+def choose_setting(points: list[tuple[float, float]], target: float) -> int:
+    """The index of the setting to use among a knob's (cost, accuracy) points on validation: the cheapest
+    whose accuracy reaches `target` (ties: the more accurate); if none does, the most accurate (ties: the
+    cheaper)."""
+    if not points:
+        raise ValueError("choose_setting: no settings to choose from")
+    ok = [i for i, (_, a) in enumerate(points) if a >= target]
+    if ok:
+        return min(ok, key=lambda i: (points[i][0], -points[i][1], i))
+    return min(range(len(points)), key=lambda i: (-points[i][1], points[i][0], i))
+
+
 def paired_bootstrap(a: list[float], b: list[float], statistic, n: int = 2000, seed: int = 0) -> dict:
     """`statistic(a, b)` on the paired per-query values and its 95% percentile interval over `n`
     resamples of the queries (both methods resampled together: the same queries)."""
@@ -107,21 +120,43 @@ def pareto_png(methods: dict[str, dict], reference: str, path: Path, title: str)
     plt.close(fig)
 
 
+def setting(m: dict) -> str:
+    """A method's knob setting as its row runs it (`tau=0.7`; `tau=default` when nothing was chosen; `-`
+    for a method without a knob)."""
+    knob = m.get("knob")
+    if not knob:
+        return "-"
+    return f"{knob['name']}={'default' if knob['chosen'] is None else format(knob['chosen'], 'g')}"
+
+
 def markdown_table(results: dict) -> str:
-    """One row per method: pool cost, the router's own cost and the total, each against the reference."""
+    """One row per method (its knob at the setting chosen on validation): pool cost, the router's own cost
+    and the total, each against the reference."""
     ref = results["reference"]
     ref_cost = results["methods"][ref]["cost_per_query"]
     ref_total = results["methods"][ref].get("total_cost_per_query", ref_cost)
-    rows = ["| method | decomposer | accuracy | pool $ / query | router $ / query | reward | latency s | calls | "
-            "pool cost vs ref | total cost vs ref | AIQ |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| method | decomposer | setting | accuracy | pool $ / query | router $ / query | reward | latency s | "
+            "calls | pool cost vs ref | total cost vs ref | AIQ |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in sorted(results["methods"].items(), key=lambda kv: kv[1]["cost_per_query"]):
         cut = 1 - m["cost_per_query"] / ref_cost if ref_cost else 0.0
         own = m.get("router_cost_per_query", 0.0)
         total_cut = 1 - m.get("total_cost_per_query", m["cost_per_query"]) / ref_total if ref_total else 0.0
         rows.append(
-            f"| {name}{' (ref)' if name == ref else ''} | {m['decomposer']} | {m['accuracy']:.3f} | "
+            f"| {name}{' (ref)' if name == ref else ''} | {m['decomposer']} | {setting(m)} | {m['accuracy']:.3f} | "
             f"{m['cost_per_query']:.3g} | {own:.3g} | {m['reward']:.3f} | {m['latency_per_query']:.4f} | "
             f"{m['calls_per_query']:.2f} | {-cut:+.1%} | {-total_cut:+.1%} | "
             f"{results['aiq'].get(name, float('nan')):.3f} |")
+    return "\n".join(rows)
+
+
+def shape_table(shapes: dict[str, dict]) -> str:
+    """The generalisation report as markdown: per shape, the untrained decomposer's exact rate and each
+    trained router's exact rate and accuracy."""
+    names = sorted({n for row in shapes.values() for n in row["routers"]})
+    rows = ["| shape | held out | n | untrained exact | " + " | ".join(f"{n} exact | {n} accuracy" for n in names) + " |",
+            "|---|---|---:|---:|" + "---:|---:|" * len(names)]
+    for key, row in shapes.items():
+        cells = " | ".join(f"{row['routers'][n]['exact']:.3f} | {row['routers'][n]['accuracy']:.3f}" for n in names)
+        rows.append(f"| {key} | {'yes' if row['held_out'] else 'no'} | {row['n']} | {row['untrained_exact']:.3f} | {cells} |")
     return "\n".join(rows)

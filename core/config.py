@@ -61,16 +61,33 @@ class PriceConfig(Strict):
         return self
 
 
+FactsForm = Literal["of", "the", "poss", "what-poss"]  # the surface forms of benchmarks.tasks.facts.FORMS
+
+
 class FactsConfig(Strict):
     n_entities: int = Field(500, ge=10)
     n_relations: int = Field(48, ge=2)
     zipf: float = Field(0.6, ge=0)
-    hops: int = Field(2, ge=2)
+    # query shapes: hop counts and surface forms (benchmarks.tasks.facts.FORMS) of the train and test
+    # splits, and shapes held out of every split, label and zoo datum (the generalisation report's)
+    hops: list[Annotated[int, Field(ge=1, le=6)]] = Field([1, 2, 3, 4], min_length=1)
+    forms: list[FactsForm] = Field(["of", "the", "poss"], min_length=1)
+    held_out_hops: list[Annotated[int, Field(ge=1, le=6)]] = [5, 6]
+    held_out_forms: list[FactsForm] = ["what-poss"]
+    shape_queries: int = Field(200, ge=1)  # queries per shape in the generalisation report
     n_train_chains: int = Field(4000, ge=1)
     n_test_chains: int = Field(1000, ge=1)
     eval_facts_per_bucket: int = Field(400, ge=1)
     popular_fraction: float = Field(0.2, gt=0, lt=1)  # top share of subjects by popularity
     rare_fraction: float = Field(0.5, gt=0, lt=1)  # bottom share of subjects by popularity
+
+    @model_validator(mode="after")
+    def _shapes_apart(self) -> FactsConfig:
+        for field_, trained, held in (("held_out_hops", self.hops, self.held_out_hops),
+                                      ("held_out_forms", self.forms, self.held_out_forms)):
+            if set(trained) & set(held):
+                raise ValueError(f"{field_}: {sorted(set(trained) & set(held))} also trained on")
+        return self
 
 
 class ScanConfig(Strict):
@@ -267,8 +284,15 @@ class EvalConfig(Strict):
     methods: list[Name] = ["single:*", "all:*", "random", "task-router", "cascade", "two-tier"]
     tasks: list[str] = ["facts", "scan"]
     limit: int = Field(500, ge=1)  # test queries per task
-    # each knob method's sweep (its cost-accuracy curve, for AIQ): the review threshold tau, the
-    # task-router's cumulative-probability threshold, random's share of steps on the largest model
+    # the validation split: queries per task carved from the train split (at most half of it), kept out
+    # of labels, SFT, GRPO, cost_ref and the trained baselines; every knob is chosen on it
+    val_queries: int = Field(200, ge=1)
+    # a knob method's setting: its cheapest whose validation accuracy is within `val_tolerance` of the
+    # reference's (all:<largest>@<router>), else its most accurate
+    val_tolerance: Fraction = 0.01
+    # each knob method's sweep (its candidate settings, and its cost-accuracy curve on test, for AIQ): the
+    # review threshold tau, the task-router's cumulative-probability threshold, random's share of steps
+    # on the largest model
     sweep_tau: list[Fraction] = [0.3, 0.7, 0.95]
     sweep_threshold: list[Fraction] = [0.5, 0.8, 0.95]
     sweep_mix: list[Fraction] = [0.0, 0.5, 1.0]
@@ -324,6 +348,8 @@ class TrainConfig(Strict):
     """SFT then alternating GRPO (pipelines.sft, pipelines.train)."""
 
     init: str | None = None  # zoo model both policies start from (default: the largest)
+    init_decomposer: str | None = None  # the decomposer's own (default: init)
+    init_allocator: str | None = None  # the allocator's own (default: init)
     zero_stage: int = Field(1, ge=0, le=2)
     sft_epochs: int = Field(8, ge=1)  # allocator
     sft_epochs_decomposer: int = Field(50, ge=1)
@@ -355,7 +381,8 @@ class TrainConfig(Strict):
     keep_checkpoints: int = Field(2, ge=1)  # complete checkpoints kept (older ones are removed)
     cost_ref_queries: int = Field(100, ge=1)
     seed: int = 0  # GRPO's sampling seed (the world keeps `seed`); seed k > 0 writes `*-seed{k}` outputs
-    demo_seeds: list[int] = [0, 1]  # GRPO runs of the main job (their spread is reported)
+    # GRPO runs of the main job (their spread is reported): seed 0 writes `r2`, seed k `r2-seed{k}`
+    demo_seeds: list[Annotated[int, Field(ge=0)]] = Field([0, 1, 2], min_length=1)
 
     @model_validator(mode="after")
     def _sampler_sync(self) -> TrainConfig:

@@ -2,6 +2,8 @@
 the separator the model answers after."""
 
 SEP = "="
+# English function words of the tiny language, shared by every task's surface forms (not any task's grammar)
+FUNCTION_WORDS = ["of", "what", "is", "the", "'s"]
 
 
 def format_prompt(question: str) -> str:

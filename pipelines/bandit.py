@@ -148,8 +148,9 @@ def fit_subtask_allocator(cfg: Config, pool, model_ids: list[str], tasks: dict[s
     start = time.perf_counter()
     rl, lam = cfg.eval.rllib, cfg.reward.lam
     ref = {t: cfg.reward.cost_ref or cost_ref[t] for t in tasks}
-    train = {name: random.Random(cfg.seed + TRAIN_SAMPLE_SEED).sample(
-        task.load("train"), min(rl.train_queries, len(task.load("train")))) for name, task in tasks.items()}
+    pools = {name: task.split("train") for name, task in tasks.items()}  # without the validation queries
+    train = {name: random.Random(cfg.seed + TRAIN_SAMPLE_SEED).sample(exs, min(rl.train_queries, len(exs)))
+             for name, exs in pools.items()}
     train_rows, train_stats = load_or_collect(cfg, pool, model_ids, tasks, train, "table", "train")
     test_rows, test_stats = load_or_collect(cfg, pool, model_ids, tasks, tests, "test_table", "test")
     bow = features_for(tasks, train_rows)

@@ -16,7 +16,7 @@ import time
 import ray
 from rich.progress import Progress
 
-from benchmarks.report import markdown_table
+from benchmarks.report import markdown_table, shape_table
 from core.config import Config, config_from_args, config_parser
 from core.console import console as make_console
 from core.storage import delete_staged
@@ -76,12 +76,16 @@ def run_demo(cfg: Config, limit: int | None, console) -> dict:
     results = evaluate(cfg, cfg.eval.methods, limit or cfg.eval.limit, out, console, routers)
     done("evaluate")
     console.print(markdown_table(results), markup=False)
+    if results.get("generalisation"):
+        console.print(shape_table(results["generalisation"]), markup=False)
     console.print(f"results: {out / 'results.json'}  plot: {out / 'pareto.png'}  "
                   f"learning curves: {run_dir / 'train' / 'learning_curves.png'}")
     ref = results["reference"]
     for name in routers:
         m = results["methods"][name]
-        line = (f"{name} vs {ref}: accuracy {-m['accuracy_loss_vs_reference'] * 100:+.1f} pt, "
+        knob = m.get("knob") or {}
+        at = f" at {knob['name']}={knob['chosen']:g} (chosen on validation)" if knob.get("chosen") is not None else ""
+        line = (f"{name}{at} vs {ref}: accuracy {-m['accuracy_loss_vs_reference'] * 100:+.1f} pt, "
                 f"pool cost {-m['cost_cut_vs_reference']:+.1%} "
                 f"(with the router's own cost {-m['cost_cut_vs_reference_with_router']:+.1%})")
         own = m.get("own_decomposition_reference")
@@ -89,14 +93,29 @@ def run_demo(cfg: Config, limit: int | None, console) -> dict:
             line += (f"; vs {own['method']} (its own decomposition): accuracy {-own['accuracy_loss'] * 100:+.1f} pt, "
                      f"pool cost {-own['cost_cut']:+.1%} (with router {-own['cost_cut_with_router']:+.1%})")
         console.print(line)
-    seeds = [m for m in results["methods"] if m == "r2" or m.startswith("r2-seed")]
-    if len(seeds) > 1:
-        rewards = [results["methods"][m]["reward"] for m in seeds]
-        sft_reward = results["methods"]["r2-sft"]["reward"]
-        console.print(f"GRPO vs SFT: reward {', '.join(f'{m} {r:.4f}' for m, r in zip(seeds, rewards))} "
-                      f"vs r2-sft {sft_reward:.4f}; seed spread {max(rewards) - min(rewards):.4f}")
+    for line in seed_lines(results):
+        console.print(line)
     console.print("wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     return results
+
+
+def seed_lines(results: dict) -> list[str]:
+    """The GRPO seeds of the headline router against the reference, each at its validation-chosen setting:
+    mean ± sample standard deviation over the seeds, and GRPO's reward against SFT's."""
+    seeds = results.get("headline", {}).get("seeds")
+    if not seeds or len(seeds["routers"]) < 2:
+        return []
+    mean, sd, n = seeds["mean"], seeds["sd"], len(seeds["routers"])
+    rewards = {m: results["methods"][m]["reward"] for m in seeds["routers"]}
+    lines = [f"{n} seeds ({', '.join(seeds['routers'])}) vs {results['reference']}: "
+             f"accuracy {mean['accuracy_diff'] * 100:+.1f} ± {sd['accuracy_diff'] * 100:.1f} pt, "
+             f"pool cost {-mean['cost_cut']:+.1%} ± {sd['cost_cut']:.1%}, "
+             f"with the router's own cost {-mean['cost_cut_with_router']:+.1%} ± {sd['cost_cut_with_router']:.1%}"]
+    if "r2-sft" in results["methods"]:
+        lines.append(f"GRPO vs SFT: reward {', '.join(f'{m} {r:.4f}' for m, r in rewards.items())} "
+                     f"vs r2-sft {results['methods']['r2-sft']['reward']:.4f}; "
+                     f"seed spread {max(rewards.values()) - min(rewards.values()):.4f}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ async def build_labels(cfg: Config, pool, model_ids: list[str], tasks: dict[str,
     rows, stats = [], {}
     for name, task in tasks.items():
         search = LabelSearch(cfg, pool, model_ids, task)
-        queries, n_alloc = select_queries(cfg, task.load("train"))
+        queries, n_alloc = select_queries(cfg, task.split("train"))  # never a validation query
         bar = progress.add_task(f"labels {name}", total=len(queries)) if progress else None
 
         async def one(i, ex, search=search, n_alloc=n_alloc, bar=bar):
@@ -187,7 +187,17 @@ def write_labels(cfg: Config, pool, model_ids: list[str], console, progress=None
 
 
 def read_labels(cfg: Config) -> list[dict]:
-    return [json.loads(line) for line in labels_path(cfg).read_text().splitlines()]
+    """The run's labels; an error when any is a validation query (labels searched before the validation
+    carve, or under a larger `eval.val_queries`: SFT on them would leak validation into training)."""
+    rows = [json.loads(line) for line in labels_path(cfg).read_text().splitlines()]
+    tasks = build_world(cfg, sorted({r["task"] for r in rows})).tasks
+    val = {(name, ex.id) for name, t in tasks.items() for ex in t.split("val")}
+    leaked = sum((r["task"], r["id"]) in val for r in rows)
+    if leaked:
+        raise ValueError(f"{labels_path(cfg)}: {leaked} of {len(rows)} labelled queries are validation queries "
+                         f"(eval.val_queries={cfg.eval.val_queries}); delete {labels_path(cfg).parent} to search "
+                         "labels on the train split again")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

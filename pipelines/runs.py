@@ -13,9 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from transformers import AutoTokenizer
+
 from benchmarks.tasks import Task
 from core.config import Config
 from core.storage import Storage
+from policies import tiny_lm
 from policies.baselines import Context, reference_cost
 
 COST_REF = "cost_ref.json"
@@ -67,28 +70,54 @@ def labels_path(cfg: Config) -> Path:
     return cfg.run_path / "labels" / "labels.jsonl"
 
 
-def init_dir(cfg: Config) -> Path:
-    """The checkpoint both router policies start from: `train.init`, a zoo model's name or any HF folder
-    or id (default: the largest zoo model)."""
-    names = [m.name for m in cfg.zoo.models]
-    if cfg.train.init and cfg.train.init not in names:
-        return Path(cfg.train.init)
-    if not names:
-        raise ValueError("train.init: the config has no zoo; name the policies' checkpoint (an HF folder or id)")
-    return cfg.zoo_dir / (cfg.train.init or names[-1])
+SCRATCH = "scratch:"
+
+
+def init_dirs(cfg: Config) -> dict[str, Path]:
+    """The checkpoint each router policy starts from: `train.init_<policy>`, else `train.init`, each a zoo
+    model's name, any HF folder or id (default: the largest zoo model), or `scratch:<zoo model>`: fresh
+    weights of that model's shape over the zoo's vocabulary (seeded by `seed`, written under the run)."""
+    names = {m.name: m for m in cfg.zoo.models}
+
+    def resolve(policy: str) -> Path:
+        field_ = f"init_{policy}" if getattr(cfg.train, f"init_{policy}") else "init"
+        init = getattr(cfg.train, field_)
+        if init and init.startswith(SCRATCH):
+            if init.removeprefix(SCRATCH) not in names:
+                raise ValueError(f"train.{field_}: {init!r} names no zoo model ({', '.join(names)})")
+            return scratch_policy(cfg, names[init.removeprefix(SCRATCH)], policy)
+        if init and init not in names:
+            return Path(init)
+        if not names:
+            raise ValueError(f"train.{field_}: the config has no zoo; name the policy's checkpoint (an HF folder or id)")
+        return cfg.zoo_dir / (init or list(names)[-1])
+
+    return {policy: resolve(policy) for policy in ("decomposer", "allocator")}
+
+
+def scratch_policy(cfg: Config, shape, policy: str) -> Path:
+    """A freshly initialised tiny LM of a zoo model's shape, with the zoo's tokenizer (written once)."""
+    out = cfg.run_path / "init" / f"{policy}-{shape.name}-seed{cfg.seed}"
+    if not (out / "config.json").exists():
+        tokenizer = AutoTokenizer.from_pretrained(str(cfg.zoo_dir / shape.name))
+        tiny_lm.save(tiny_lm.build_model(tokenizer, shape.hidden, shape.layers, shape.heads, shape.intermediate,
+                                         seed=cfg.seed), tokenizer, out)
+    return out
 
 
 def cost_ref(cfg: Config, pool, model_ids: list[str], tasks: dict[str, Task]) -> dict[str, float]:
-    """Per task: the reference's mean cost per query on the first `train.cost_ref_queries` train queries.
+    """Per task: the reference's mean cost per query on the first `train.cost_ref_queries` train queries (the
+    validation queries left out: `Task.split`).
     Stored in `<run_dir>/cost_ref.json` with what it was computed from, and recomputed when that changed."""
     path = cfg.run_path / COST_REF
-    basis = {"model_ids": model_ids, "queries": cfg.train.cost_ref_queries, "split": "train"}
+    basis = {"model_ids": model_ids, "queries": cfg.train.cost_ref_queries, "split": "train",
+             "val_queries": cfg.eval.val_queries}
     stored = json.loads(path.read_text()) if path.exists() else {}
     per_task = stored.get("per_task", {}) if stored.get("basis") == basis else {}
     missing = {name: task for name, task in tasks.items() if name not in per_task}
     if missing:
         ctx = Context(pool, model_ids, cfg.reason, cfg.seed)
-        examples = {name: task.load("train")[: cfg.train.cost_ref_queries] for name, task in missing.items()}
+        examples = {name: task.split("train")[: cfg.train.cost_ref_queries] for name, task in missing.items()}
         per_task.update(asyncio.run(reference_cost(ctx, missing, examples)))
         write_whole(path, json.dumps({"basis": basis, "per_task": per_task}, indent=2))
     return {name: per_task[name] for name in tasks}

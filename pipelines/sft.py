@@ -23,15 +23,14 @@ from actors.runtime import pool_session
 from core.config import Config, config_from_args, config_parser
 from core.console import console as make_console
 from pipelines.labels import read_labels, write_labels
-from pipelines.runs import init_dir, labels_path, router_dir, save_router_meta, synced
+from pipelines.runs import init_dirs, labels_path, router_dir, save_router_meta, synced
 from policies.router import TEMPLATES
 
 
 def sft_data(rows: list[dict], tokenizer, templates: str) -> dict[str, list[tuple[str, list[int]]]]:
     tpl = TEMPLATES.lookup(templates)()
-    dec = [(tpl.decompose_prompt(r["query"], tokenizer),
-            tokenizer.encode(tpl.decomposition_target(r["steps"]), add_special_tokens=False) + [tokenizer.eos_token_id])
-           for r in rows]
+    calls = [c for r in rows for c in tpl.decomposition_calls(r["query"], r["steps"], tokenizer) or []]
+    dec = [(p, tokenizer.encode(t, add_special_tokens=False) + [tokenizer.eos_token_id]) for p, t in calls]
     alloc = [(tpl.allocate_prompt(text, [], tokenizer), [tier])
              for r in rows if r.get("tiers") for text, tier in zip(r["rendered"], r["tiers"])]
     return {"decomposer": dec, "allocator": alloc}
@@ -77,10 +76,10 @@ def run_sft_stage(cfg: Config, console, pool=None) -> Path:
             write_labels(cfg, pool, model_ids, console, progress)
         rows = read_labels(cfg)
         t_labels = time.perf_counter() - start
-        init = str(init_dir(cfg))
-        data = sft_data(rows, AutoTokenizer.from_pretrained(init), cfg.router.templates)
-        learner = LearnerGroup(cfg, {"decomposer": init, "allocator": init}, model_ids, cfg.train.sft_lr,
-                               total_steps(cfg, data))
+        init = {policy: str(path) for policy, path in init_dirs(cfg).items()}
+        # the policies share one vocabulary (every zoo model has the tiny world's)
+        data = sft_data(rows, AutoTokenizer.from_pretrained(init["decomposer"]), cfg.router.templates)
+        learner = LearnerGroup(cfg, init, model_ids, cfg.train.sft_lr, total_steps(cfg, data))
         history = run_sft(cfg, learner, data, console, progress)
         out = router_dir(cfg, "sft")
         learner.save_pretrained(str(out))

@@ -88,7 +88,7 @@ class Trainer:
         self._session = ExitStack()
         self.pool, self.model_ids = self._session.enter_context(pool_session(cfg, pool))
         self.tasks = build_world(cfg).tasks
-        self.train_sets = {n: t.load("train") for n, t in self.tasks.items()}
+        self.train_sets = {n: t.split("train") for n, t in self.tasks.items()}  # without the validation queries
         dirs = {p: str(sft / p) for p in POLICIES}
         cfg_json = cfg.model_dump_json()
         lr = {"decomposer": cfg.train.grpo_lr_decomposer or cfg.train.grpo_lr, "allocator": cfg.train.grpo_lr}

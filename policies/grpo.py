@@ -67,7 +67,7 @@ def pad_sequences(seqs: list[torch.Tensor], value: float = 0.0) -> tuple[torch.T
 
 
 def training_items(trajs: list[Trajectory], rewards: list[float], group: int, phase: str) -> list[TrainItem]:
-    """Per trajectory (decomposer) or per allocation decision (allocator): the sampled tokens, their
+    """Per decomposer call (decomposer) or per allocation decision (allocator): the sampled tokens, their
     sampler logprobs and the trajectory's group advantage. Groups without reward spread carry no
     signal and are left out."""
     adv = group_advantages(torch.tensor(rewards).view(-1, group)).view(-1).tolist()
@@ -75,11 +75,9 @@ def training_items(trajs: list[Trajectory], rewards: list[float], group: int, ph
     for t, a in zip(trajs, adv):
         if abs(a) < 1e-6:
             continue
-        if phase == "decomposer":
-            s = t.decomposition.sample
-            if s is not None and s.token_ids:
-                items.append(TrainItem("decomposer", t.decomposition.prompt, token_ids=s.token_ids,
-                                       old_logprobs=s.logprobs, advantage=a, trajectory_id=t.example_id))
+        if phase == "decomposer":  # every call of the decomposition (one per step with stepwise templates)
+            items += [TrainItem("decomposer", p, token_ids=s.token_ids, old_logprobs=s.logprobs, advantage=a,
+                                trajectory_id=t.example_id) for p, s in t.decomposition.calls if s.token_ids]
         else:
             for st in t.steps:
                 if st.allocation.prompt:

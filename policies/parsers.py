@@ -50,3 +50,4 @@ def format_decomposition(steps: list[str], numbered: bool = False) -> str:
     if numbered:
         return "\n".join(f"step {i}: {s}" for i, s in enumerate(steps, 1))
     return f" {STEP_SEP} ".join(steps)
+

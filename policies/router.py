@@ -11,20 +11,27 @@ from dataclasses import dataclass, field
 import torch
 
 from benchmarks.tasks.base import Example, Task
-from core.prompts import format_prompt
+from core.prompts import FUNCTION_WORDS, format_prompt
 from core.registry import Registry
+from policies.folding import Folding, fold_calls
 from policies.parsers import Decomposition, format_decomposition, parse_decomposition
 from policies.policy_lm import PolicyLM, Sample
-from policies.tiny_lm import MODEL_SLOTS, ROUTER_WORDS, STEP_SEP
-
-REFS = [w for w in ROUTER_WORDS if w.startswith("#")]
+from policies.tiny_lm import MODEL_SLOTS
 
 
 @dataclass
 class DecomposeDecision:
     decomposition: Decomposition
-    prompt: str = ""
-    sample: Sample | None = None  # the policy's sampled tokens and logprobs (None for rules)
+    calls: list[tuple[str, Sample]] = field(default_factory=list)  # each decomposer call: prompt, sampled tokens
+
+    @property
+    def prompt(self) -> str:
+        return self.calls[0][0] if self.calls else ""
+
+    @property
+    def sample(self) -> Sample | None:
+        """The first call's sample (None for a decomposition by rules)."""
+        return self.calls[0][1] if self.calls else None
 
 
 @dataclass
@@ -78,24 +85,35 @@ TEMPLATES: Registry[type] = Registry("router template")
 
 @TEMPLATES.register("tiny")
 class TinyTemplates:
-    """Prompts of the tiny world's router: `decompose <query> =` -> `step | step`, and
-    `allocate <step> =` -> one tier token `<mK>` (tier K of the pool, cheapest = 0)."""
+    """Prompts of the tiny world's router: `decompose <what is left of the query> =` -> its next step
+    (one call per step, folded into the query: `policies.folding`), and `allocate <step> =` -> one
+    tier token `<mK>` (tier K of the pool, cheapest = 0)."""
+
+    stepwise = True
 
     def decompose_prompt(self, query: str, tokenizer) -> str:
         return format_prompt(f"decompose {query}")
 
-    def decomposition_target(self, steps: list[str]) -> str:
-        """What the decomposer writes after its prompt for `steps` (its SFT target)."""
-        return format_decomposition(steps)
+    def decomposition_calls(self, query: str, steps: list[str], tokenizer) -> list[tuple[str, str]] | None:
+        """(prompt, what the decomposer writes) for every call of decomposition `steps` (its SFT targets);
+        None when the steps do not fold out of the query."""
+        calls = fold_calls(query, steps)
+        return None if calls is None else [(self.decompose_prompt(q, tokenizer), t) for q, t in calls]
 
-    def parse_decomposition(self, text: str, max_steps: int) -> Decomposition:
-        """The decomposer's output (what it wrote after its prompt) as steps; total, never raises."""
-        return parse_decomposition(text, max_steps)
+    def decomposition_from(self, query: str, outputs: list[str], max_steps: int) -> Decomposition:
+        """The decomposition the calls' outputs (in order) write; total, never raises."""
+        fold = Folding.of(query)
+        for out in outputs:
+            if not fold.write(out, max_steps):
+                break
+        return fold.decomposition()
 
     def decompose_vocab(self, prompt: str, tokenizer) -> list[int]:
-        """A tiny decomposition only uses the query's own words, step separators and references."""
+        """Task-agnostic: a step copies words of what is left of the query (its references `#`
+        included) and the language's function words; nothing else, and no task's grammar."""
         words = prompt.split()[1:-1]  # drop "decompose" and the separator
-        return sorted(set(tokenizer.convert_tokens_to_ids([*words, STEP_SEP, *REFS])) | {tokenizer.eos_token_id})
+        ids = set(tokenizer.convert_tokens_to_ids([*words, *FUNCTION_WORDS])) - {tokenizer.unk_token_id}
+        return sorted(ids | {tokenizer.eos_token_id})
 
     def allocate_prompt(self, step_text: str, model_ids: list[str], tokenizer) -> str:
         return format_prompt(f"allocate {step_text}")
@@ -111,6 +129,7 @@ class ChatTemplates:
     ends with `step 1:`, so it writes the first step's text, then `step 2: ...` lines."""
 
     opening = "step 1:"
+    stepwise = False
 
     decompose_instruction = (
         "Break the question into 2 to 4 short, ordered sub-questions that lead to its answer. "
@@ -131,8 +150,13 @@ class ChatTemplates:
     def decomposition_target(self, steps: list[str]) -> str:
         return format_decomposition(steps, numbered=True).removeprefix(self.opening)
 
-    def parse_decomposition(self, text: str, max_steps: int) -> Decomposition:
-        return parse_decomposition(self.opening + text, max_steps)
+    def decomposition_calls(self, query: str, steps: list[str], tokenizer) -> list[tuple[str, str]]:
+        """The one call that writes the whole decomposition: (prompt, target)."""
+        return [(self.decompose_prompt(query, tokenizer), self.decomposition_target(steps))]
+
+    def decomposition_from(self, query: str, outputs: list[str], max_steps: int) -> Decomposition:
+        """The decomposition the one call's output writes; total, never raises."""
+        return parse_decomposition(self.opening + (outputs[0] if outputs else ""), max_steps)
 
     def decompose_vocab(self, prompt: str, tokenizer) -> None:
         return None  # free text
@@ -226,10 +250,11 @@ class PolicyRouter(BaseRouter):
         return usage
 
     def decomposition_usage(self, decision: DecomposeDecision) -> dict[str, dict[str, int]]:
-        if self.decomposer is None or decision.sample is None:
+        if self.decomposer is None or not decision.calls:
             return {}
-        return {"decomposer": {"prompt_tokens": len(self.decomposer.tokenizer(decision.prompt).input_ids),
-                               "completion_tokens": len(decision.sample.token_ids)}}
+        tok = self.decomposer.tokenizer
+        return {"decomposer": {"prompt_tokens": sum(len(tok(p).input_ids) for p, _ in decision.calls),
+                               "completion_tokens": sum(len(s.token_ids) for _, s in decision.calls)}}
 
     def policy_params(self) -> dict[str, int]:
         lms = {"decomposer": self.decomposer, "allocator": self.allocator}
@@ -238,11 +263,36 @@ class PolicyRouter(BaseRouter):
     def decompose(self, examples: list[Example], task: Task) -> list[DecomposeDecision]:
         if self.decomposer is None:
             return self._gold.decompose(examples, task)
-        prompts = [self.actions.templates.decompose_prompt(ex.query, self.decomposer.tokenizer) for ex in examples]
-        samples = self.actions.sample_decompositions(self.decomposer, prompts, self.max_tokens,
-                                                     self.decompose_temperature, self.generator)
-        return [DecomposeDecision(self.actions.templates.parse_decomposition(s.text, self.max_steps), p, s)
-                for p, s in zip(prompts, samples)]
+        tpl = self.actions.templates
+        if tpl.stepwise:
+            return self._decompose_stepwise([ex.query for ex in examples])
+        prompts = [tpl.decompose_prompt(ex.query, self.decomposer.tokenizer) for ex in examples]
+        samples = self._sample(prompts)
+        return [DecomposeDecision(tpl.decomposition_from(ex.query, [s.text], self.max_steps), [(p, s)])
+                for ex, p, s in zip(examples, prompts, samples)]
+
+    def _sample(self, prompts: list[str]) -> list[Sample]:
+        return self.actions.sample_decompositions(self.decomposer, prompts, self.max_tokens,
+                                                  self.decompose_temperature, self.generator)
+
+    def _decompose_stepwise(self, queries: list[str]) -> list[DecomposeDecision]:
+        """One call per step for every query at once, each on what is left of its query, until each
+        decomposer stops (or `max_steps` + 1 calls)."""
+        folds = [Folding.of(q) for q in queries]
+        calls: list[list[tuple[str, Sample]]] = [[] for _ in queries]
+        live = list(range(len(queries)))
+        for _ in range(self.max_steps + 1):
+            if not live:
+                break
+            prompts = [self.actions.templates.decompose_prompt(folds[i].remaining, self.decomposer.tokenizer)
+                       for i in live]
+            going = []
+            for i, p, smp in zip(live, prompts, self._sample(prompts)):
+                calls[i].append((p, smp))
+                if folds[i].write(smp.text, self.max_steps):
+                    going.append(i)
+            live = going
+        return [DecomposeDecision(f.decomposition(), c) for f, c in zip(folds, calls)]
 
     def allocate(self, step_texts: list[str], examples: list[Example], n_tiers: int) -> list[AllocateDecision]:
         tok = self.allocator.tokenizer

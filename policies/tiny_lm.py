@@ -19,7 +19,8 @@ SPECIALS = [PAD, BOS, EOS, UNK]
 # words of the router's own prompts and outputs: step separators, references to earlier answers, and
 # one token per pool tier (the allocator names a tier; the pool maps tiers to model ids)
 STEP_SEP = "|"
-ROUTER_WORDS = ["decompose", "allocate", STEP_SEP, "#1", "#2", "#3", "#4", "#5", "#6"]
+PREVIOUS = "#"  # the previous step's answer, in the tiny decomposer's writing (policies.parsers.relative_refs)
+ROUTER_WORDS = ["decompose", "allocate", STEP_SEP, PREVIOUS, "#1", "#2", "#3", "#4", "#5", "#6"]
 MODEL_SLOTS = [f"<m{i}>" for i in range(8)]
 
 

@@ -26,7 +26,7 @@ def test_chains_decompose_into_hops_that_reach_the_answer():
     assert not {e.query for e in test} & {e.query for e in train}
     for e in test:
         rels, subj = e.meta["relations"], e.meta["subject"]
-        assert e.query == chain_question(rels, subj)
+        assert e.query == chain_question(rels, subj, e.meta["form"])
         cur, answers = subj, []
         for i, (step, r) in enumerate(zip(e.steps, rels)):
             assert step.prompt == f"{r} of {subj if i == 0 else f'#{i}'}"
@@ -49,3 +49,34 @@ def test_hop_examples_cover_each_bucket():
     hops = FactsTask(CFG, seed=0).hop_examples()
     assert set(hops) == {"popular", "mid", "rare"}
     assert all(0 < len(v) <= 20 and all(e.bucket == b for e in v) for b, v in hops.items())
+
+
+def test_shapes_vary_and_held_out_shapes_stay_out_of_every_split():
+    t = FactsTask(CFG, seed=0)  # hops 1-4 in three forms; 5-6 hops and the form what-poss held out
+    seen = {(e.bucket, e.meta["form"]) for split in ("train", "test") for e in t.load(split)}
+    assert {b for b, _ in seen} == {"1hop", "2hop", "3hop", "4hop"} and {f for _, f in seen} == {"of", "the", "poss"}
+    shapes = t.shape_sets(30)
+    assert set(shapes) == {"1hop", "2hop", "3hop", "4hop", "5hop", "6hop", "form:of", "form:the", "form:poss", "form:what-poss"}
+    assert [s for s in shapes if t.held_out(s)] == ["5hop", "6hop", "form:what-poss"]
+    chains = {(e.meta["subject"], *e.meta["relations"]) for split in ("train", "test") for e in t.load(split)}
+    for exs in shapes.values():
+        assert len(exs) == 30 and not {(e.meta["subject"], *e.meta["relations"]) for e in exs} & chains
+        for e in exs:  # every form reads back into the same chain
+            back = t.parse_query(e.query)
+            assert back.answer == e.answer and [s.prompt for s in back.steps] == [s.prompt for s in e.steps]
+
+
+def test_shape_settings_are_checked():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="held_out_hops"):
+        FactsConfig(hops=[1, 2], held_out_hops=[2, 3])
+    with pytest.raises(ValidationError, match="forms"):
+        FactsConfig(forms=["of", "yoda"])
+    from typing import get_args
+
+    from benchmarks.tasks.facts import FORMS
+    from core.config import FactsForm
+
+    assert set(get_args(FactsForm)) == set(FORMS)

@@ -38,7 +38,7 @@ def test_tiny_zoo_ladder():
 
 
 def test_card_has_every_bucket(zoo_card):
-    buckets = {"facts:popular", "facts:mid", "facts:rare", "facts:2hop-oneshot", "scan:clause", "scan:command"}
+    buckets = {"facts:popular", "facts:mid", "facts:rare", "facts:chain-oneshot", "scan:clause", "scan:command"}
     for m in zoo_card["models"]:
         assert set(m["accuracy"]) == buckets
         assert m["train_seconds"] > 0 and m["tokens"] > 0 and "price" in m

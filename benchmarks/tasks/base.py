@@ -1,8 +1,15 @@
-"""The task interface: load examples of a split, score a prediction. One file per benchmark."""
+"""The task interface: load examples of a split, score a prediction. One file per benchmark.
+
+Splits: each task implements its raw splits (`load("train")`, `load("test")`); a run sees them through
+`Task.split`, which carves the validation split out of the raw train split (`ValCarve`, set from
+`eval.val_queries` by `build_world`): "val" is that carve, "train" is the raw train split without it
+(what labels, SFT, GRPO, `cost_ref` and trained baselines see), "test" is the raw test split, untouched.
+"""
 from __future__ import annotations
 
 import abc
 import os
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,9 +55,29 @@ class Example:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ValCarve:
+    """The validation split: `queries` examples of a task's raw train split (at most half of it), drawn by
+    a shuffle seeded with `seed` and the task's name. A smaller carve with the same seed is a subset of a
+    larger one, so a router trained with a larger carve never saw the queries of a smaller one."""
+
+    queries: int = 0
+    seed: int = 0
+
+    def positions(self, task: str, n_train: int) -> set[int]:
+        """Positions in the raw train split (of `n_train` examples) that form the validation split."""
+        order = list(range(n_train))
+        random.Random(f"val:{task}:{self.seed}").shuffle(order)
+        return set(order[: min(self.queries, n_train // 2)])
+
+
+RUN_SPLITS = ("train", "val", "test")  # what `Task.split` serves
+
+
 class Task(abc.ABC):
     name: ClassVar[str]
     step_max_tokens: ClassVar[int] = 32  # generation budget of one step's answer
+    val_carve: ValCarve = ValCarve()  # no validation split unless the run sets one (build_world)
 
     @classmethod
     def from_config(cls, cfg: Config) -> Task:
@@ -59,7 +86,19 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def load(self, split: str) -> list[Example]:
-        """Examples of `split` ("train" or "test"), deterministic for a given config."""
+        """Examples of the raw `split` ("train" or "test"), deterministic for a given config. A run reads
+        its data through `split`, which keeps the validation queries out of "train"."""
+
+    def split(self, name: str) -> list[Example]:
+        """"train" (the raw train split without the validation queries), "val" (the `val_carve` of the raw
+        train split, in train order) or "test" (the raw test split)."""
+        if name not in RUN_SPLITS:
+            raise ValueError(f"{self.name}: unknown split {name!r} ({', '.join(RUN_SPLITS)})")
+        if name == "test":
+            return self.load("test")
+        train = self.load("train")
+        val = self.val_carve.positions(self.name, len(train))
+        return [ex for i, ex in enumerate(train) if (i in val) == (name == "val")]
 
     @abc.abstractmethod
     def score(self, prediction: str, example: Example) -> float:
@@ -104,6 +143,16 @@ class Task(abc.ABC):
     def card_sets(self) -> dict[str, tuple[list[tuple[str, str]], int]]:
         """Test questions per bucket of the zoo's card, with each bucket's answer budget in tokens."""
         return {}
+
+    # -- query shapes, for the generalisation report ---------------------------------------------------
+    def shape_sets(self, n: int | None = None) -> dict[str, list[Example]]:
+        """Queries per shape (e.g. hop count, surface form), none of them in a split: {} when the task
+        has no notion of shape."""
+        return {}
+
+    def held_out(self, shape: str) -> bool:
+        """Whether a shape of `shape_sets` lies outside everything training saw."""
+        return False
 
 
 def exact_match(prediction: str, gold: str) -> float:

@@ -129,7 +129,7 @@ class ScanTask(Task):
 
     def zoo_pairs(self):
         return {"scan_clause": ([(c, interpret(c)) for c in all_clauses()], None),
-                "scan_command": ([(e.query, e.answer) for e in self.load("train")], None)}
+                "scan_command": ([(e.query, e.answer) for e in self.split("train")], None)}  # no validation query
 
     def card_sets(self):
         return {"scan:clause": ([(e.query, e.answer) for e in self.clause_examples()], self.step_max_tokens),

@@ -1,10 +1,11 @@
 """The world a run trains and evaluates in: the registry's tasks named in `tasks.enabled`, each set up
-from the config (the embedded default: the tiny world's `facts` and `scan`)."""
+from the config (the embedded default: the tiny world's `facts` and `scan`) with the run's validation
+carve (`eval.val_queries` of each raw train split: `Task.split`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchmarks.tasks.base import TASKS, Example, Task
+from benchmarks.tasks.base import TASKS, Example, Task, ValCarve
 from core.config import Config
 
 
@@ -48,4 +49,7 @@ def build_world(cfg: Config, names: list[str] | None = None) -> World:
     unknown = [n for n in names if n not in TASKS]
     if unknown:
         raise ValueError(f"tasks.enabled: unknown task(s) {unknown}; known: {sorted(TASKS)}")
-    return World({name: TASKS[name].from_config(cfg) for name in names})
+    tasks = {name: TASKS[name].from_config(cfg) for name in names}
+    for task in tasks.values():
+        task.val_carve = ValCarve(cfg.eval.val_queries, cfg.seed)
+    return World(tasks)

@@ -116,6 +116,12 @@ def test_evaluate_writes_results_and_plot(zoo_config, ray_local, tmp_path):
     for name, m in saved["methods"].items():
         assert {"accuracy", "cost_per_query", "reward", "latency_per_query", "calls_per_query", "n"} <= set(m)
         assert m["n"] == 24 and name in saved["aiq"]
+    # knobs chosen on the validation split (test.yaml: 20 queries per task, carved from train)
+    assert {k: v["val"] for k, v in saved["splits"].items()} == {"facts": 20, "scan": 20}
+    assert saved["validation"]["queries"] == {"facts": 20, "scan": 20}
+    for name in ("random@gold", "task-router@gold", "cascade@gold", "two-tier@gold"):
+        knob = saved["methods"][name]["knob"]
+        assert knob["chosen"] in knob["candidates"] and len(knob["validation_curve"]) == len(knob["candidates"])
     assert (tmp_path / "pareto.png").stat().st_size > 10_000
 
 

@@ -294,14 +294,17 @@ N_CONCURRENT = 200
 
 
 def test_200_concurrent_requests_all_answered(endpoint, pool_config: Config) -> None:
-    """200 requests at once (every SCAN clause on each of the two largest models): each gets a 200 with the
-    answer the hf backend gives that prompt directly, none is lost, and the endpoint answers afterwards."""
+    """200 requests at once (every SCAN clause, then single facts, alternating between the two largest
+    models): each gets a 200 with the answer the hf backend gives that prompt directly, none is lost, and
+    the endpoint answers afterwards."""
+    from benchmarks.tasks import build_world
     from benchmarks.tasks.scan import all_clauses
     from core.prompts import format_prompt
 
     models = _hf_models(pool_config)[-2:]
-    prompts = [format_prompt(c) for c in all_clauses()]
-    jobs = [(m.id, p) for m in models for p in prompts][:N_CONCURRENT]
+    hops = [f"{f.relation} of {f.subject}" for f in build_world(pool_config).tasks["facts"].world.facts]
+    prompts = [format_prompt(q) for q in [*all_clauses(), *hops]]
+    jobs = [(models[i % 2].id, p) for i, p in enumerate(prompts[:N_CONCURRENT])]
     assert len(jobs) == N_CONCURRENT
     params = SamplingParams(max_new_tokens=12)
     expected = {}

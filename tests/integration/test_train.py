@@ -3,6 +3,8 @@ policy on CPU; checkpoint -> resume (also across SIGKILLs of the driver), weight
 import pytest
 from tests_support import SMALL, drive
 
+from benchmarks.tasks import build_world
+
 pytestmark = pytest.mark.integration
 
 def test_a_trained_router_folder_routes_on_its_own(sft_config, zoo_pool):
@@ -32,8 +34,9 @@ def test_evaluation_prices_the_routers_own_tokens(sft_config, zoo_pool, tmp_path
     ids = ray.get(zoo_pool.model_ids.remote())
     res = _evaluate(cfg, zoo_pool, ids, ["all:" + top.name, "cascade", "random", "task-router", "single:" + top.name],
                     6, tmp_path, Console(quiet=True), {"r2": str(router_dir(sft_config, "sft"))})
-    # every knob method has a curve; the headline has paired-bootstrap intervals; the best single model too
-    assert len(res["methods"]["random@r2"]["curve"]) == 3 and len(res["methods"]["task-router@gold"]["curve"]) == 4
+    # every knob method has a curve on test (one point per setting); the headline has paired-bootstrap
+    # intervals; the best single model too
+    assert len(res["methods"]["random@r2"]["curve"]) == 2 and len(res["methods"]["task-router@gold"]["curve"]) == 3
     for key in ("accuracy_diff", "cost_cut", "cost_cut_with_router", "reward_diff"):
         lo, hi = res["headline"][key]["ci95"]
         assert lo <= res["headline"][key]["value"] <= hi, key
@@ -51,6 +54,43 @@ def test_evaluation_prices_the_routers_own_tokens(sft_config, zoo_pool, tmp_path
     assert lo * tokens * (1 - 1e-9) <= own <= hi * tokens * (1 + 1e-9)
     assert r2["total_cost_per_query"] == pytest.approx(r2["cost_per_query"] + own)
     assert "cost_cut_vs_reference_with_router" in r2
+
+
+def test_evaluation_chooses_each_knob_on_validation_and_runs_it_once_on_test(sft_config, tmp_path):
+    """Every knob method's setting is chosen on the validation queries (carved from train) for the target
+    (within eval.val_tolerance of the reference's validation accuracy); its row is that setting on test."""
+    from rich.console import Console
+
+    from benchmarks.report import choose_setting
+    from benchmarks.tasks import build_world
+    from pipelines.evaluate import evaluate
+    from pipelines.runs import router_dir
+
+    top = sft_config.zoo.models[-1].name
+    cfg = sft_config.model_copy(update={"eval": sft_config.eval.model_copy(update={
+        "sweep_tau": [0.3, 0.95], "sweep_mix": [0.0, 1.0], "sweep_threshold": [0.5, 0.95], "task_router_train": 20,
+        "val_queries": 6})})
+    res = evaluate(cfg, ["random", "cascade", "task-router"], 6, tmp_path, Console(quiet=True),
+                   {"r2": str(router_dir(sft_config, "sft"))})
+    tasks = build_world(cfg).tasks
+    assert res["splits"] == {n: {"train": len(t.load("train")) - 6, "val": 6, "test": 6} for n, t in tasks.items()}
+    val = res["validation"]
+    assert val["reference"] == res["reference"] == f"all:{top}@r2" and val["queries"] == {"facts": 6, "scan": 6}
+    assert val["target_accuracy"] == pytest.approx(val["reference_accuracy"] - cfg.eval.val_tolerance)
+    knob_methods = {"r2", "random@r2", "random@gold", "cascade@r2", "cascade@gold", "task-router@r2",
+                    "task-router@gold"}
+    assert {n for n, m in res["methods"].items() if "knob" in m} == knob_methods
+    for name in knob_methods:
+        m, knob = res["methods"][name], res["methods"][name]["knob"]
+        curve = knob["validation_curve"]
+        assert [p["value"] for p in curve] == knob["candidates"] == getattr(cfg.eval, f"sweep_{knob['name']}")
+        assert all(p["n"] == 12 for p in curve)  # 6 validation queries per task
+        i = choose_setting([(p["cost_per_query"], p["accuracy"]) for p in curve], val["target_accuracy"])
+        assert knob["chosen"] == knob["candidates"][i]
+        # the headline row is the chosen setting's test run, one point of the test curve
+        assert tuple(m["curve"][i]) == (m["cost_per_query"], m["accuracy"]) and m["n"] == 12
+    assert res["headline"]["setting"] == res["methods"]["r2"]["knob"]
+    assert res["headline"]["seeds"]["routers"] == ["r2"]
 
 
 def test_route_uses_the_runs_trained_router_without_flags(sft_config, tmp_path, capsys):
@@ -72,6 +112,10 @@ def test_labels_cover_both_policies(sft_config):
     assert {r["task"] for r in rows} == {"facts", "scan"}
     alloc = [r for r in rows if "tiers" in r]
     assert alloc and all(len(r["tiers"]) == len(r["steps"]) == len(r["rendered"]) for r in alloc)
+    # labelled on the train split without its validation queries
+    tasks = build_world(sft_config).tasks
+    train = {(n, ex.id) for n, t in tasks.items() for ex in t.split("train")}
+    assert all((r["task"], r["id"]) in train for r in rows)
 
 
 def with_train(cfg, **update):
@@ -86,6 +130,9 @@ def test_two_grpo_steps_then_resume_reproduces(sft_config, zoo_pool):
 
     cfg = with_train(sft_config, checkpoint_every=2)
     first = Trainer(cfg, Console(quiet=True), pool=zoo_pool)
+    for name, task in first.tasks.items():  # GRPO samples the train split without its validation queries
+        assert [ex.id for ex in first.train_sets[name]] == [ex.id for ex in task.split("train")]
+        assert not {ex.id for ex in first.train_sets[name]} & {ex.id for ex in task.split("val")}
     history = first.fit(steps=2)  # 2 steps: one per policy (alternate_every=1), checkpoint after step 2
     assert [h["phase"] for h in history] == ["decomposer", "allocator"]
     for h in history:
@@ -235,10 +282,10 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_step_for_step(sft_con
 
     from pipelines.train import Trainer
 
-    settings = {**dict(s.split("=", 1) for s in SMALL), "train.seed": "7", "train.temperature": "0.3",
+    settings = {**dict(s.split("=", 1) for s in SMALL), "train.seed": "1", "train.temperature": "0.3",
                 "train.queries_per_step": "4", "train.alternate_every": "2", "train.checkpoint_every": "2",
                 "train.grpo_steps": "8"}
-    cfg = with_train(sft_config, seed=7, temperature=0.3, queries_per_step=4, alternate_every=2,
+    cfg = with_train(sft_config, seed=1, temperature=0.3, queries_per_step=4, alternate_every=2,
                      checkpoint_every=2, grpo_steps=8)
     reference = Trainer(cfg, Console(quiet=True), pool=zoo_pool)
     expected = reference.fit()
@@ -247,7 +294,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_step_for_step(sft_con
     early = [s for s in skipped if s < 4]  # so the checkpoint at step 4, resumed from below, follows a skip
     assert early, f"no skipped step before step 4 (skipped: {skipped}); change the seed"
     kill_after = [early[0], 4]  # right after the skipped step; right after the phase boundary at step 4
-    history = Path(cfg.run_dir) / "train-seed7" / "history.jsonl"
+    history = Path(cfg.run_dir) / "train-seed1" / "history.jsonl"
     args = [sys.executable, "-m", "pipelines.train", "--config", "configs/test.yaml",
             "--set", f"run_dir={cfg.run_dir}", *(x for k, v in settings.items() for x in ("--set", f"{k}={v}"))]
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}

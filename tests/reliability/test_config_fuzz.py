@@ -77,7 +77,7 @@ def out_of_range(path: tuple):
         return "not-a-choice"
     if typing.get_origin(ann) is list:  # a constrained item type
         item, item_meta = _unwrap(typing.get_args(ann)[0])
-        bad = _outside(item, item_meta)
+        bad = "not-a-choice" if typing.get_origin(item) is typing.Literal else _outside(item, item_meta)
         return None if bad is None else [bad]
     return _outside(ann, meta)
 

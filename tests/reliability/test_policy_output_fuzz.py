@@ -87,11 +87,12 @@ def tokenizers():
     return {"tiny": tiny_policy().tokenizer, "chat": chat}
 
 
-def run_template(name: str, tokenizer, world, query: str, output: str, answers: list[str]) -> Decomposition:
-    """The chain's path for one decomposer output (as `policies.reason` walks it, up to the pool calls)."""
+def run_template(name: str, tokenizer, world, query: str, outputs: list[str], answers: list[str]) -> Decomposition:
+    """The chain's path for a decomposer's outputs (one per call; as `policies.reason` walks it, up to the
+    pool calls)."""
     tpl = TEMPLATES.lookup(name)()
     assert isinstance(tpl.decompose_prompt(query, tokenizer), str)
-    d = tpl.parse_decomposition(output, MAX_STEPS)
+    d = tpl.decomposition_from(query, outputs, MAX_STEPS)
     check_parsed(d)
     for task, example in world:
         plan = d.steps or [example.query]
@@ -105,15 +106,15 @@ def run_template(name: str, tokenizer, world, query: str, output: str, answers: 
     return d
 
 
-# query, decomposer output, step answers, correctness, cost
-TEMPLATE_INPUTS = given(st.text(max_size=80), OUTPUT, st.lists(st.text(max_size=20), max_size=3), st.floats(0, 1),
-                        st.floats(0, 0.1))
+# query, decomposer outputs (one per call), step answers, correctness, cost
+TEMPLATE_INPUTS = given(st.text(max_size=80), st.lists(OUTPUT, min_size=1, max_size=4),
+                        st.lists(st.text(max_size=20), max_size=3), st.floats(0, 1), st.floats(0, 0.1))
 
 
 @CASES
 @TEMPLATE_INPUTS
-def test_tiny_template_outputs(tokenizers, world, query, output, answers, correct, cost):
-    d = run_template("tiny", tokenizers["tiny"], world, query, output, answers)
+def test_tiny_template_outputs(tokenizers, world, query, outputs, answers, correct, cost):
+    d = run_template("tiny", tokenizers["tiny"], world, query, outputs, answers)
     check_format_reward(d, correct, cost)
     # the tiny allocator scores every step against the pool's tiers: one tier per step, in the pool
     steps = [render_step(s, []) for s in d.steps or [query]]
@@ -124,19 +125,30 @@ def test_tiny_template_outputs(tokenizers, world, query, output, answers, correc
 
 @CASES
 @TEMPLATE_INPUTS
-def test_chat_template_outputs(tokenizers, world, query, output, answers, correct, cost):
-    d = run_template("chat", tokenizers["chat"], world, query, output, answers)
+def test_chat_template_outputs(tokenizers, world, query, outputs, answers, correct, cost):
+    d = run_template("chat", tokenizers["chat"], world, query, outputs[:1], answers)
     check_format_reward(d, correct, cost)
+
+
+# steps whose words a query can hold once each: the tiny template folds its steps out of the query
+SPAN = st.lists(st.sampled_from(["walk", "jump", "left", "twice", "of", "rival", "zorbak"]), min_size=1, max_size=3)
 
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
 @CASES
-@given(steps=st.lists(STEP, min_size=1, max_size=MAX_STEPS))
-def test_every_templates_target_parses_back_well_formed(name, steps):
-    """What SFT teaches a template's decomposer to write is what its parser reads, with the format bonus."""
+@given(steps=st.lists(STEP, min_size=1, max_size=MAX_STEPS), spans=st.lists(SPAN, min_size=1, max_size=MAX_STEPS))
+def test_every_templates_target_reads_back_well_formed(tokenizers, name, steps, spans):
+    """What SFT teaches a template's decomposer to write, call by call, is what the template reads back,
+    with the format bonus."""
     tpl = TEMPLATES.lookup(name)()
-    d = tpl.parse_decomposition(tpl.decomposition_target(steps), MAX_STEPS)
-    assert d.format_ok and d.steps == steps, (name, tpl.decomposition_target(steps), d)
+    if tpl.stepwise:  # steps copied from a query: its spans, one word of it apart
+        words = [[f"{w}{i}" for w in span] for i, span in enumerate(spans)]
+        steps, query = [" ".join(w) for w in words], " and ".join(" ".join(w) for w in words)
+    else:
+        query = "q"
+    calls = tpl.decomposition_calls(query, steps, tokenizers[name])
+    d = tpl.decomposition_from(query, [t for _, t in calls], MAX_STEPS)
+    assert d.format_ok and d.steps == steps, (name, calls, d)
     check_format_reward(d, 1.0, 0.0)
 
 

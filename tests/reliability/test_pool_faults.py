@@ -102,7 +102,7 @@ def test_a_model_server_sigkilled_mid_rollout_batch(config, ray_local):
     assert after["total_usd"] - before["total_usd"] == pytest.approx(sum(c.cost_usd for c in calls), rel=1e-9)
 
 
-EVAL = ["eval.tasks=[facts, scan]", "eval.sweep_tau=[]", "pool.batch_window_ms=300"]
+EVAL = ["eval.tasks=[facts, scan]", "eval.sweep_tau=[]", "eval.val_queries=6", "pool.batch_window_ms=300"]
 METHODS, LIMIT = ["random"], 6  # and the reference, all:t-4
 
 
