@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import ray
 
-from actors.pool import start_pool
+from actors.pool import pool_models, start_pool
 from core.config import Config
 
 
@@ -29,9 +29,17 @@ def init_ray(num_cpus: int | None = None) -> None:
 
 
 @contextmanager
-def pool_session(cfg: Config) -> Iterator[tuple[object, list[str]]]:
+def pool_session(cfg: Config, pool=None) -> Iterator[tuple[object, list[str]]]:
     """Ray up, the config's pool started and loaded: yields (pool handle, model ids cheapest first);
-    the pool and its servers go on exit."""
+    the pool and its servers go on exit. `pool`: one already running for this config's models (e.g. one
+    shared by several runs), used as it is and left running."""
+    if pool is not None:
+        ids = ray.get(pool.model_ids.remote())
+        wanted = sorted(m.id for m in pool_models(cfg))
+        if sorted(ids) != wanted:
+            raise ValueError(f"the given pool runs {sorted(ids)}; this config's pool is {wanted}")
+        yield pool, ids
+        return
     init_ray()
     pool = start_pool(cfg)
     try:

@@ -22,28 +22,30 @@ from policies.router import PolicyRouter
 
 
 class Router:
-    def __init__(self, cfg: Config, path: str | Path | None = None):
-        """`path`: a trained router folder; without one, the config's `router` settings decide."""
-        self.cfg, self.path = cfg, Path(path) if path else None
+    def __init__(self, cfg: Config, path: str | Path | None = None, pool=None):
+        """`path`: a trained router folder; without one, the config's `router` settings decide. `pool`: a
+        running pool of the config's models to use (left running); by default the router starts its own."""
+        self.cfg, self.path, self._pool = cfg, Path(path) if path else None, pool
         self.world: World = build_world(cfg)
         self.policy: PolicyRouter | None = None
         self.description = ""
         self._session = ExitStack()
 
     @classmethod
-    def from_run(cls, path: str | Path, config: str | Path | None = None, overrides: list[str] | None = None) -> Router:
+    def from_run(cls, path: str | Path, config: str | Path | None = None, overrides: list[str] | None = None,
+                 pool=None) -> Router:
         """A trained router folder (a path or URI), with the config it was trained under (stored beside
         it), or `config`."""
         path = local_copy(path)
         if config is not None:
-            return cls(load_config(config, overrides), path)
+            return cls(load_config(config, overrides), path, pool)
         meta = path / ROUTER_META
         if not meta.exists():
             raise FileNotFoundError(f"{meta} not found: pass the run's config (`config=...`)")
-        return cls(config_from_tree(json.loads(meta.read_text())["config"], overrides), path)
+        return cls(config_from_tree(json.loads(meta.read_text())["config"], overrides), path, pool)
 
     def __enter__(self) -> Router:
-        self.pool, self.model_ids = self._session.enter_context(pool_session(self.cfg))
+        self.pool, self.model_ids = self._session.enter_context(pool_session(self.cfg, self._pool))
         self.policy, self.description = load_router(self.cfg, self.model_ids, self.path)
         return self
 

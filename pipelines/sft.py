@@ -73,10 +73,11 @@ def run_sft(cfg: Config, learner, data: dict[str, list], console, progress=None)
     return history
 
 
-def run_sft_stage(cfg: Config, console) -> Path:
+def run_sft_stage(cfg: Config, console, pool=None) -> Path:
     """Labels (searched when `<run_dir>/labels/labels.jsonl` is missing), then SFT of both policies;
-    returns the SFT router folder."""
-    with pool_session(cfg) as (pool, model_ids), Progress(console=console) as progress:
+    returns the SFT router folder. `pool`: a running pool of the config's models to use (else one is
+    started for the stage)."""
+    with pool_session(cfg, pool) as (pool, model_ids), Progress(console=console) as progress:
         start = time.perf_counter()
         if not labels_path(cfg).exists():
             write_labels(cfg, pool, model_ids, console, progress)

@@ -75,7 +75,9 @@ def plot_curves(history: list[dict], path: Path, window: int = 10) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, console, resume: bool = False):
+    def __init__(self, cfg: Config, console, resume: bool = False, pool=None):
+        """`pool`: a running pool of the config's models to use (left running on `close`); by default the
+        trainer starts its own."""
         self.cfg, self.console = cfg, console
         self.out = cfg.run_path / f"train{cfg.train.suffix}"
         self.ckpt_root = self.out / "checkpoints"
@@ -84,7 +86,7 @@ class Trainer:
         if not (sft / "allocator").exists():
             raise SystemExit(f"no SFT router at {sft}: run `python -m pipelines.sft --config ...` first")
         self._session = ExitStack()
-        self.pool, self.model_ids = self._session.enter_context(pool_session(cfg))
+        self.pool, self.model_ids = self._session.enter_context(pool_session(cfg, pool))
         self.tasks = build_world(cfg).tasks
         self.train_sets = {n: t.split("train") for n, t in self.tasks.items()}  # without the validation queries
         dirs = {p: str(sft / p) for p in POLICIES}

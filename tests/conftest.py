@@ -1,5 +1,5 @@
-"""Shared fixtures: the small test zoo (trained once, reused across runs while its config is unchanged)
-and a local Ray instance."""
+"""Shared fixtures: the small test zoo (trained once, reused across runs while its config is unchanged),
+a local Ray instance, one pool of the zoo and the SFT-trained test router."""
 from __future__ import annotations
 
 import json
@@ -49,7 +49,18 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
-def sft_config(zoo_config, ray_local):
+def zoo_pool(zoo_config, ray_local):
+    """One pool of the test zoo (configs/test.yaml's pool settings), started once for the tests and runs
+    that only call it; tests that fault, time or count a pool start their own."""
+    from actors.pool import start_pool
+
+    pool = start_pool(zoo_config)
+    yield pool
+    ray_local.kill(pool)
+
+
+@pytest.fixture(scope="session")
+def sft_config(zoo_config, zoo_pool):
     """configs/test.yaml (+ `tests_support.SMALL`) with labels searched and both policies SFT-trained."""
     import shutil
 
@@ -63,7 +74,7 @@ def sft_config(zoo_config, ray_local):
         shutil.rmtree(root / d, ignore_errors=True)
     (root / "cost_ref.json").unlink(missing_ok=True)
     cfg = load_config(ROOT / "configs" / "test.yaml", [f"run_dir={root}", *SMALL])
-    out = run_sft_stage(cfg, Console(quiet=True))
+    out = run_sft_stage(cfg, Console(quiet=True), pool=zoo_pool)
     assert (out / "decomposer" / "config.json").exists() and (out / "allocator" / "config.json").exists()
     return cfg
 

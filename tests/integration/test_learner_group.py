@@ -49,24 +49,37 @@ def params(g, rank=0):
     return ray.get(g.ranks[rank].parameters_flat.remote("decomposer"))
 
 
+@pytest.fixture(scope="module")
+def one_rank(setup):
+    """1 rank on the three whole batches: (parameters before, each step's stats, parameters after)."""
+    cfg, dirs, ids, batches = setup
+    one = group(cfg, dirs, ids, 1)
+    try:
+        start = params(one)
+        stats = [one.grpo_step("decomposer", items) for items in batches]
+        return start, stats, params(one)
+    finally:
+        one.kill()
+
+
 @pytest.mark.parametrize("micro_batch", [None, 2], ids=["whole-shards", "micro-batches-of-2"])
-def test_two_ranks_with_unequal_shards_equal_one_rank(setup, micro_batch):
+def test_two_ranks_with_unequal_shards_equal_one_rank(setup, one_rank, micro_batch):
     """With micro-batches of 2, the ranks run 2 and 5 micro-batches' worth of items in 5 backward passes
     each (rank 0 adds empty ones) and the single rank 6: the update is the same."""
     cfg, dirs, ids, batches = setup
-    one, two = group(cfg, dirs, ids, 1), group(cfg, dirs, ids, 2, micro_batch=micro_batch)
+    start, one_stats, p1 = one_rank
+    two = group(cfg, dirs, ids, 2, micro_batch=micro_batch)
     try:
-        start = params(one)
-        for step, items in enumerate(batches):
+        assert torch.equal(params(two), start)
+        for step, (items, a) in enumerate(zip(batches, one_stats)):
             shards = [items[:3], items[3:]]  # 3 and 9 sequences: different token counts
             assert sum(len(i.token_ids) for i in shards[0]) != sum(len(i.token_ids) for i in shards[1])
-            a = one.grpo_step("decomposer", items)
             b = two.grpo_step("decomposer", items, shards=shards)
             # from the same weights the step's statistics agree; later steps start from weights that differ
             # by float rounding (bounded below), which the loss amplifies through exp(logp - old logp)
             for k in ("loss", "kl", "sampler_gap") if step == 0 else ():
                 assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-7), k
-        p1, p2 = params(one), params(two)
+        p2 = params(two)
         assert not torch.equal(p1, start)  # they learned
         rel = float((p2 - p1).norm() / p1.norm())
         rel_update = float((p2 - p1).norm() / (p1 - start).norm())
@@ -76,7 +89,6 @@ def test_two_ranks_with_unequal_shards_equal_one_rank(setup, micro_batch):
         nodes = [p["rank"] for p in two.placement()]
         assert nodes == [0, 1]
     finally:
-        one.kill()
         two.kill()
 
 

@@ -4,8 +4,8 @@ Every single-fact question of the test world is asked once of every pool model (
 `ModelPool`, at its real prices): that table is the environment. Training samples allocations with the
 real sampler (`PolicyRouter`, temperature 1), turns rewards (correct - lam * cost / cost_ref) into group
 advantages and updates the SFT allocator in the real DeepSpeed `Learner`, publishing weights back to the
-sampler every step. Two arms of three seeds each: GRPO, and the same runs at learning rate 0. The greedy
-test reward is measured on 200 questions training never samples; GRPO must beat lr 0 by more than twice
+sampler every step. Two arms of three seeds each: GRPO, and the same runs at learning rate 0 (one learner
+per arm, reset to its SFT-start checkpoint before each run: weights, optimizer, RNG). The greedy test reward is measured on 200 questions training never samples; GRPO must beat lr 0 by more than twice
 the largest spread within an arm."""
 import random
 
@@ -18,24 +18,19 @@ STEPS, QUERIES, G, SEEDS, N_TEST = 20, 32, 4, (0, 1, 2), 200
 
 
 @pytest.fixture(scope="module")
-def bandit(sft_config, ray_local):
+def bandit(sft_config, zoo_pool):
     """(hop questions, correctness [n, tiers], cost [n, tiers], model ids, train idx, test idx)."""
     import ray
 
-    from actors.pool import start_pool
     from benchmarks.tasks import build_world
     from core.prompts import format_prompt
     from core.types import SamplingParams
 
     facts = build_world(sft_config).tasks["facts"]
     hops = [facts.world.hop_example(f) for f in facts.world.facts]
-    pool = start_pool(sft_config)
-    try:
-        ids = ray.get(pool.model_ids.remote())
-        params = SamplingParams(max_new_tokens=facts.step_max_tokens)
-        outs = ray.get([pool.generate.remote(m, [format_prompt(h.query) for h in hops], params) for m in ids])
-    finally:
-        ray.kill(pool)
+    ids = ray.get(zoo_pool.model_ids.remote())
+    params = SamplingParams(max_new_tokens=facts.step_max_tokens)
+    outs = ray.get([zoo_pool.generate.remote(m, [format_prompt(h.query) for h in hops], params) for m in ids])
     correct = torch.tensor([[facts.score(o[i].text, h) for o in outs] for i, h in enumerate(hops)])
     cost = torch.tensor([[o[i].cost_usd for o in outs] for i in range(len(hops))])
     order = list(range(len(hops)))
@@ -48,45 +43,58 @@ def rewards(correct, cost, rows, tiers, lam):
     return correct[rows, tiers] - lam * cost[rows, tiers] / cost_ref
 
 
-def run_arm(cfg, bandit, lr: float, seed: int) -> float:
-    """Train the allocator for STEPS GRPO steps; the greedy test reward afterwards."""
+def run_arm(cfg, bandit, learner, start: str, seed: int) -> float:
+    """Train the allocator for STEPS GRPO steps from the learner's checkpoint `start`; the greedy test
+    reward afterwards."""
     import ray
 
-    from actors.learner import Learner
     from core.types import TrainItem
     from pipelines.runs import router_dir
     from policies.grpo import group_advantages
     from policies.load import trained_router
 
     hops, correct, cost, ids, train, test = bandit
-    sft = router_dir(cfg, "sft")
-    learner = Learner.remote(cfg.model_dump_json(), {p: str(sft / p) for p in ("decomposer", "allocator")}, ids, lr)
-    sampler = trained_router(cfg, sft, ids, "policy", temperature=cfg.train.temperature)
+    ray.get(learner.load_checkpoint.remote(start))
+    sampler = trained_router(cfg, router_dir(cfg, "sft"), ids, "policy", temperature=cfg.train.temperature)
     sampler.generator.manual_seed(seed)
     rng = random.Random(seed)
     lam = cfg.reward.lam
+    for _ in range(STEPS):
+        rows = [r for r in rng.sample(train, QUERIES) for _ in range(G)]
+        decisions = sampler.allocate([hops[r].query for r in rows], [hops[r] for r in rows], len(ids))
+        tiers = torch.tensor([d.tier for d in decisions])
+        adv = group_advantages(rewards(correct, cost, rows, tiers, lam).view(-1, G)).view(-1)
+        items = [TrainItem("allocator", d.prompt, tier=d.tier, old_logprobs=[d.logprob], advantage=float(a))
+                 for d, a in zip(decisions, adv) if abs(a) > 1e-6]
+        if items:
+            ray.get(learner.grpo_step.remote("allocator", items))
+            state, _ = learner.publish.options(num_returns=2).remote("allocator")
+            sampler.allocator.model.load_state_dict(ray.get(state))
+    sampler.temperature = 0.0  # greedy, as deployed
+    decisions = sampler.allocate([hops[r].query for r in test], [hops[r] for r in test], len(ids))
+    return float(rewards(correct, cost, test, torch.tensor([d.tier for d in decisions]), lam).mean())
+
+
+def run_seeds(cfg, bandit, lr: float, tmp_path) -> list[float]:
+    """The greedy test reward of each seed's run, all on one learner at `lr` reset between runs."""
+    import ray
+
+    from actors.learner import Learner
+    from pipelines.runs import router_dir
+
+    sft, ids = router_dir(cfg, "sft"), bandit[3]
+    learner = Learner.remote(cfg.model_dump_json(), {p: str(sft / p) for p in ("decomposer", "allocator")}, ids, lr)
+    start = str(tmp_path / f"start-lr{lr}")
     try:
-        for _ in range(STEPS):
-            rows = [r for r in rng.sample(train, QUERIES) for _ in range(G)]
-            decisions = sampler.allocate([hops[r].query for r in rows], [hops[r] for r in rows], len(ids))
-            tiers = torch.tensor([d.tier for d in decisions])
-            adv = group_advantages(rewards(correct, cost, rows, tiers, lam).view(-1, G)).view(-1)
-            items = [TrainItem("allocator", d.prompt, tier=d.tier, old_logprobs=[d.logprob], advantage=float(a))
-                     for d, a in zip(decisions, adv) if abs(a) > 1e-6]
-            if items:
-                ray.get(learner.grpo_step.remote("allocator", items))
-                state, _ = learner.publish.options(num_returns=2).remote("allocator")
-                sampler.allocator.model.load_state_dict(ray.get(state))
-        sampler.temperature = 0.0  # greedy, as deployed
-        decisions = sampler.allocate([hops[r].query for r in test], [hops[r] for r in test], len(ids))
-        return float(rewards(correct, cost, test, torch.tensor([d.tier for d in decisions]), lam).mean())
+        ray.get(learner.save_checkpoint.remote(start))
+        return [run_arm(cfg, bandit, learner, start, seed) for seed in SEEDS]
     finally:
         ray.kill(learner)
 
 
-def test_grpo_beats_the_same_runs_at_learning_rate_zero(sft_config, bandit):
+def test_grpo_beats_the_same_runs_at_learning_rate_zero(sft_config, bandit, tmp_path):
     cfg = sft_config.model_copy(update={"train": sft_config.train.model_copy(update={"temperature": 1.0})})
-    arms = {lr: [run_arm(cfg, bandit, lr, seed) for seed in SEEDS] for lr in (cfg.train.grpo_lr, 0.0)}
+    arms = {lr: run_seeds(cfg, bandit, lr, tmp_path) for lr in (cfg.train.grpo_lr, 0.0)}
     spread = max(max(r) - min(r) for r in arms.values())
     gain = sum(arms[cfg.train.grpo_lr]) / len(SEEDS) - sum(arms[0.0]) / len(SEEDS)
     print(f"greedy test reward: GRPO {arms[cfg.train.grpo_lr]}, lr 0 {arms[0.0]}; gain {gain:.4f}, spread {spread:.4f}")

@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from actors.pool import start_pool
 from policies.baselines import Context, expand, make_method
 from policies.reason import reason_batch
 from policies.router import PolicyRouter
@@ -13,13 +12,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def setup(zoo_config, ray_local):
+def setup(zoo_config, zoo_pool, ray_local):
     from benchmarks.tasks import build_world
 
-    pool = start_pool(zoo_config)
-    ids = ray_local.get(pool.model_ids.remote())
-    yield zoo_config, pool, ids, build_world(zoo_config)
-    ray_local.kill(pool)
+    return zoo_config, zoo_pool, ray_local.get(zoo_pool.model_ids.remote()), build_world(zoo_config)
 
 
 def run(method, examples, task, ctx):

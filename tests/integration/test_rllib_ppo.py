@@ -10,7 +10,6 @@ import ray
 import torch
 from rich.console import Console
 
-from actors.pool import start_pool
 from benchmarks.tasks import build_world
 from benchmarks.tasks.base import render_step
 from core.config import load_config
@@ -31,13 +30,11 @@ LIMIT = 6  # test queries per task
 
 
 @pytest.fixture(scope="module")
-def setup(zoo_config, ray_local, tmp_path_factory):
-    """A run of its own (its cost_ref and tables) over the shared test zoo, and its pool."""
+def setup(zoo_config, zoo_pool, ray_local, tmp_path_factory):
+    """A run of its own (its cost_ref and tables) over the shared test zoo and its pool."""
     run = tmp_path_factory.mktemp("rllib")
     cfg = load_config("configs/test.yaml", [f"run_dir={run}", f"zoo.dir={zoo_config.zoo_dir}", *SMALL_RL])
-    pool = start_pool(cfg)
-    yield cfg, pool, ray_local.get(pool.model_ids.remote()), build_world(cfg).tasks
-    ray_local.kill(pool)
+    return cfg, zoo_pool, ray_local.get(zoo_pool.model_ids.remote()), build_world(cfg).tasks
 
 
 def test_evaluation_trains_and_reports_rllib_ppo(setup, tmp_path):

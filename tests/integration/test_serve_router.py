@@ -25,13 +25,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(sft_config, ray_local):
+def served(sft_config, zoo_pool):
     """(config, router dir, pool, base URL) of a live router endpoint over the SFT-trained test router."""
     import os
 
     from ray import serve
 
-    from actors.pool import start_pool
     from core.config import ServeConfig
     from pipelines.runs import router_dir
     from pipelines.serve import run_router_endpoint
@@ -40,11 +39,9 @@ def served(sft_config, ray_local):
     cfg = sft_config.model_copy(update={"serve": ServeConfig(
         port=_free_port(), api_key_env=KEY_ENV, max_body_bytes=64 * 1024, max_tokens_limit=64)})
     path = str(router_dir(cfg, "sft"))
-    pool = start_pool(cfg)
-    endpoint = run_router_endpoint(cfg, path, blocking=False, pool=pool)
-    yield cfg, path, pool, endpoint.url
+    endpoint = run_router_endpoint(cfg, path, blocking=False, pool=zoo_pool)
+    yield cfg, path, zoo_pool, endpoint.url
     serve.shutdown()
-    ray_local.kill(pool)
 
 
 def _client(url: str, key: str = KEY):

@@ -7,31 +7,33 @@ from benchmarks.tasks import build_world
 
 pytestmark = pytest.mark.integration
 
-def test_a_trained_router_folder_routes_on_its_own(sft_config):
+def test_a_trained_router_folder_routes_on_its_own(sft_config, zoo_pool):
     from pipelines.controller import Router
     from pipelines.runs import router_dir
 
-    with Router.from_run(router_dir(sft_config, "sft")) as router:  # the config stored beside it
+    with Router.from_run(router_dir(sft_config, "sft"), pool=zoo_pool) as router:  # the config stored beside it
         assert router.cfg == sft_config and router.description.startswith("trained router")
         t = router.route("walk twice and look")
     assert t.task == "scan" and t.decomposer.startswith("trained:") and t.steps
 
 
-def test_evaluation_prices_the_routers_own_tokens(sft_config, tmp_path):
+def test_evaluation_prices_the_routers_own_tokens(sft_config, zoo_pool, tmp_path):
     """A trained router's own tokens are priced by its policies' size on the zoo's price ladder (the
     policies start from the largest zoo model, so at the largest rung's price); the reference on its
     decomposition pays for the decomposer alone; rule baselines run no LM."""
+    import ray
     from rich.console import Console
 
     from actors.cost import rate_for
-    from pipelines.evaluate import evaluate
+    from pipelines.evaluate import _evaluate
     from pipelines.runs import router_dir
 
     top = sft_config.zoo.models[-1]
     cfg = sft_config.model_copy(update={"eval": sft_config.eval.model_copy(update={
         "sweep_tau": [0.5], "sweep_mix": [0.0, 1.0], "task_router_train": 20})})
-    res = evaluate(cfg, ["all:" + top.name, "cascade", "random", "task-router", "single:" + top.name], 6, tmp_path,
-                   Console(quiet=True), {"r2": str(router_dir(sft_config, "sft"))})
+    ids = ray.get(zoo_pool.model_ids.remote())
+    res = _evaluate(cfg, zoo_pool, ids, ["all:" + top.name, "cascade", "random", "task-router", "single:" + top.name],
+                    6, tmp_path, Console(quiet=True), {"r2": str(router_dir(sft_config, "sft"))})
     # every knob method has a curve on test (one point per setting); the headline has paired-bootstrap
     # intervals; the best single model too
     assert len(res["methods"]["random@r2"]["curve"]) == 2 and len(res["methods"]["task-router@gold"]["curve"]) == 3
@@ -120,14 +122,14 @@ def with_train(cfg, **update):
     return cfg.model_copy(update={"train": cfg.train.model_copy(update=update)})
 
 
-def test_two_grpo_steps_then_resume_reproduces(sft_config):
+def test_two_grpo_steps_then_resume_reproduces(sft_config, zoo_pool):
     import ray
     from rich.console import Console
 
     from pipelines.train import Trainer
 
     cfg = with_train(sft_config, checkpoint_every=2)
-    first = Trainer(cfg, Console(quiet=True))
+    first = Trainer(cfg, Console(quiet=True), pool=zoo_pool)
     for name, task in first.tasks.items():  # GRPO samples the train split without its validation queries
         assert [ex.id for ex in first.train_sets[name]] == [ex.id for ex in task.split("train")]
         assert not {ex.id for ex in first.train_sets[name]} & {ex.id for ex in task.split("val")}
@@ -139,7 +141,7 @@ def test_two_grpo_steps_then_resume_reproduces(sft_config):
     third = first.step()  # the step after the checkpoint, from the live run
     first.close()
 
-    resumed = Trainer(cfg, Console(quiet=True), resume=True)
+    resumed = Trainer(cfg, Console(quiet=True), resume=True, pool=zoo_pool)
     assert resumed.state["step"] == 2
     assert ray.get(resumed.learner.rank0.optimizer_state_digest.remote()) == pytest.approx(digest)
     again = resumed.step()
@@ -160,13 +162,14 @@ def assert_workers_hold_the_published_weights(trainer):
         assert report == want
 
 
-def test_collective_weight_sync_matches_the_learner(sft_config):
+def test_collective_weight_sync_matches_the_learner(sft_config, zoo_pool):
     """The broadcast path (NCCL on GPU; gloo here) delivers the learner's weights to every worker."""
     from rich.console import Console
 
     from pipelines.train import Trainer
 
-    trainer = Trainer(with_train(sft_config, weight_sync="collective", sync_backend="gloo"), Console(quiet=True))
+    trainer = Trainer(with_train(sft_config, weight_sync="collective", sync_backend="gloo"), Console(quiet=True),
+                      pool=zoo_pool)
     try:
         m = trainer.step()  # pushes the weights, rolls out, updates the decomposer
         assert m["sampler_gap"] < 1e-4 if "sampler_gap" in m else m["items"] == 0
@@ -176,7 +179,7 @@ def test_collective_weight_sync_matches_the_learner(sft_config):
         trainer.close()
 
 
-def test_a_restarted_rollout_worker_loads_the_learners_weights_before_sampling(sft_config):
+def test_a_restarted_rollout_worker_loads_the_learners_weights_before_sampling(sft_config, zoo_pool):
     """Kill a worker mid-step (Ray restarts it and re-runs its rollout): the step still returns every
     trajectory, and the replacement holds both policies' published versions, not its SFT start-up."""
     import threading
@@ -187,7 +190,7 @@ def test_a_restarted_rollout_worker_loads_the_learners_weights_before_sampling(s
 
     from pipelines.train import Trainer
 
-    trainer = Trainer(with_train(sft_config, rollout_workers=2, queries_per_step=16), Console(quiet=True))
+    trainer = Trainer(with_train(sft_config, rollout_workers=2, queries_per_step=16), Console(quiet=True), pool=zoo_pool)
     try:
         while min(ref.version for ref in trainer.published.values()) == 0:  # both policies updated
             trainer.step()
@@ -213,7 +216,7 @@ def test_a_restarted_rollout_worker_loads_the_learners_weights_before_sampling(s
         trainer.close()
 
 
-def test_sampler_and_learner_agree_at_a_training_temperature_other_than_1(sft_config):
+def test_sampler_and_learner_agree_at_a_training_temperature_other_than_1(sft_config, zoo_pool):
     """Both policies' sampled actions, scored by the learner at `train.temperature`, match the
     sampler's logprobs (the allocator was scored at temperature 1 before)."""
     import ray
@@ -222,7 +225,8 @@ def test_sampler_and_learner_agree_at_a_training_temperature_other_than_1(sft_co
     from pipelines.train import Trainer
     from policies.grpo import training_items
 
-    trainer = Trainer(with_train(sft_config, temperature=0.7), Console(quiet=True))
+    # one rollout worker: the test samples on workers[0] only
+    trainer = Trainer(with_train(sft_config, temperature=0.7, rollout_workers=1), Console(quiet=True), pool=zoo_pool)
     try:
         examples = trainer.train_sets["facts"][:4] + trainer.train_sets["scan"][:4]
         for phase in ("decomposer", "allocator"):
@@ -242,28 +246,28 @@ def test_sampler_and_learner_agree_at_a_training_temperature_other_than_1(sft_co
         trainer.close()
 
 
-def test_resume_passes_over_a_partial_checkpoint(sft_config, capsys):
+def test_resume_passes_over_a_partial_checkpoint(sft_config, zoo_pool, capsys):
     from rich.console import Console
 
     from core.checkpoints import step_dir
     from pipelines.train import Trainer
 
-    cfg = with_train(sft_config, checkpoint_every=1, seed=3)
-    first = Trainer(cfg, Console())
+    cfg = with_train(sft_config, checkpoint_every=1, seed=3, rollout_workers=1)  # which checkpoint resumes: 1 worker will do
+    first = Trainer(cfg, Console(), pool=zoo_pool)
     first.fit(steps=2)
     first.close()
     newest = step_dir(first.ckpt_root, 2)
     victim = max((p for p in newest.rglob("*") if p.is_file() and p.name != "manifest.json"),
                  key=lambda p: p.stat().st_size)
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
-    resumed = Trainer(cfg, Console(), resume=True)
+    resumed = Trainer(cfg, Console(), resume=True, pool=zoo_pool)
     resumed.close()
     out = capsys.readouterr().out
     assert resumed.state["step"] == 1
     assert "step-00000002 is incomplete" in out and "resumed from" in out and "step-00000001" in out
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run_step_for_step(sft_config, ray_local, tmp_path):
+def test_resume_after_sigkill_matches_an_uninterrupted_run_step_for_step(sft_config, zoo_pool, ray_local, tmp_path):
     """The driver is SIGKILLed twice: right after a step that did not update the learner (no group had
     reward spread), and right after a phase boundary (step 4, which the checkpoint at step 4 precedes:
     one taken after the skipped step); each `--resume` continues from the newest complete checkpoint.
@@ -283,7 +287,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_step_for_step(sft_con
                 "train.grpo_steps": "8"}
     cfg = with_train(sft_config, seed=1, temperature=0.3, queries_per_step=4, alternate_every=2,
                      checkpoint_every=2, grpo_steps=8)
-    reference = Trainer(cfg, Console(quiet=True))
+    reference = Trainer(cfg, Console(quiet=True), pool=zoo_pool)
     expected = reference.fit()
     reference.close()
     skipped = [h["step"] for h in expected if h["items"] == 0]

@@ -48,7 +48,7 @@ def mount_tmpfs():
         subprocess.run(["umount", str(path)], check=True)
 
 
-def test_an_unwritable_checkpoint_folder_is_a_clear_error_and_the_last_checkpoint_resumes(zoo_config, ray_local,
+def test_an_unwritable_checkpoint_folder_is_a_clear_error_and_the_last_checkpoint_resumes(zoo_config, zoo_pool,
                                                                                           tmp_path, capsys,
                                                                                           mount_tmpfs):
     from pipelines.runs import router_dir
@@ -61,7 +61,7 @@ def test_an_unwritable_checkpoint_folder_is_a_clear_error_and_the_last_checkpoin
     for policy in ("decomposer", "allocator"):
         shutil.copytree(zoo_config.zoo_dir / zoo_config.zoo.models[0].name, sft / policy)
 
-    trainer = Trainer(cfg, Console(quiet=True))
+    trainer = Trainer(cfg, Console(quiet=True), pool=zoo_pool)
     mounted = False
     try:
         trainer.fit(steps=1)
@@ -104,7 +104,7 @@ def test_an_unwritable_checkpoint_folder_is_a_clear_error_and_the_last_checkpoin
     assert [h["step"] for h in went_on] == [0, 1]
 
     capsys.readouterr()
-    resumed = Trainer(cfg, Console(), resume=True)
+    resumed = Trainer(cfg, Console(), resume=True, pool=zoo_pool)
     try:
         assert resumed.state["step"] == 1
         again = resumed.step()

@@ -2,7 +2,8 @@
 `--resume` on a fresh staging directory, with the run directory on a real S3-compatible server (moto on
 127.0.0.1; so everything a resume starts from comes from the bucket): the history holds every step once and
 equals an uninterrupted run on local disk, step for step (rewards, accuracy and cost to 1e-6 relative; loss
-to 1e-4, as the correctness tests hold a resumed run)."""
+to 1e-4, as the correctness tests hold a resumed run). One rollout worker: each driver starts its own Ray,
+pool and learner, and the two-worker resume is tests/integration/test_train.py's SIGKILL test."""
 import json
 import os
 import random
@@ -26,17 +27,17 @@ def kill_points() -> list[int]:
     return sorted(points)
 
 
-def test_driver_killed_at_three_steps_resumes_from_the_bucket(sft_config, s3, tmp_path):
+def test_driver_killed_at_three_steps_resumes_from_the_bucket(sft_config, zoo_pool, s3, tmp_path):
     from rich.console import Console
 
     from pipelines.train import Trainer
 
     fs, s3_env = s3
     settings = {**dict(s.split("=", 1) for s in SMALL), "train.seed": "5", "train.queries_per_step": "4",
-                "train.checkpoint_every": "1", "train.grpo_steps": str(STEPS)}
+                "train.checkpoint_every": "1", "train.grpo_steps": str(STEPS), "train.rollout_workers": "1"}
     cfg = sft_config.model_copy(update={"train": sft_config.train.model_copy(update={
-        "seed": 5, "queries_per_step": 4, "checkpoint_every": 1, "grpo_steps": STEPS})})
-    reference = Trainer(cfg, Console(quiet=True))  # uninterrupted, on local disk
+        "seed": 5, "queries_per_step": 4, "checkpoint_every": 1, "grpo_steps": STEPS, "rollout_workers": 1})})
+    reference = Trainer(cfg, Console(quiet=True), pool=zoo_pool)  # uninterrupted, on local disk
     expected = reference.fit()
     reference.close()
 

@@ -191,16 +191,17 @@ def test_the_pool_killed_for_good_ends_the_evaluation_with_one_line_and_no_resul
             "--methods", *METHODS, "--limit", str(LIMIT), "--out", str(out)]
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "PYTHONPATH": str(ROOT)}
     log = tmp_path / "evaluate.log"
+    # pools already in this cluster (the session's shared zoo pool) are not the evaluation's
+    killed, seen = ray_processes("ModelPoolImpl"), ray_processes("ModelServerImpl")
     with log.open("w") as sink:
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.PIPE, text=True)
         try:
             cost_ref = Path(cfg.run_dir) / "cost_ref.json"  # written before the methods run
             wait_for("the reference cost", cost_ref.exists, timeout_s=300, every_s=0.05)
-            killed, servers = set(), set()
             for _ in range(2):  # the first death is restarted, the second is final
                 pid = wait_for("the pool's process", lambda: ray_processes("ModelPoolImpl") - killed, 300).pop()
                 # the pool is alive (past its __init__) once it has started its servers
-                servers = wait_for("its servers", lambda seen=servers: ray_processes("ModelServerImpl") - seen, 300)
+                seen |= wait_for("its servers", lambda seen=seen: ray_processes("ModelServerImpl") - seen, 300)
                 assert proc.poll() is None, "the evaluation ended before the pool was killed twice"
                 os.kill(pid, signal.SIGKILL)
                 killed.add(pid)
