@@ -334,6 +334,9 @@ class LabelsConfig(Strict):
     fraction: float = Field(0.1, gt=0, le=1)  # queries that get an allocation label (search)
     decomposition_fraction: float = Field(0.25, gt=0, le=1)  # queries that get a decomposition label
     max_per_task: int = Field(2000, ge=1)
+    # the whole query as one step: a candidate scored like the others (`scored`, the paper's rule), or the
+    # target only when no decomposition is solved (`fallback`)
+    whole_query: Literal["scored", "fallback"] = "scored"
     w_concise: float = 0.2  # decomposition score weights: fewer steps,
     w_practical: float = 1.0  # solved by the reference model at few tokens,
     w_coherent: float = 0.1  # adjacent steps linked

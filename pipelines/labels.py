@@ -5,7 +5,10 @@
 - Decomposition: candidates per query (tiny world: the whole query as one step, and the gold parse
   into hops / clauses) are scored by a weighted sum of conciseness (fewer steps), practicality
   (solved by the reference model, at few tokens) and coherence (adjacent steps linked by `#k`); the
-  best candidate the reference model solves becomes the target.
+  best candidate the reference model solves becomes the target. With `labels.whole_query: fallback`
+  the whole query is the target only when no decomposition is solved: conciseness makes it win
+  whenever the reference happens to know the whole answer, which the decomposer cannot see in the
+  query, so those labels teach it to decompose a shape one time and not the next.
 - Allocation: each step's difficulty is the alpha-quantile confidence of the base (cheapest) model on
   it; thresholds map difficulty to an initial tier. A correct chain then moves steps *down* a tier
   while it stays correct; a wrong chain moves its least confident step *up* until it is correct. The
@@ -83,14 +86,18 @@ class LabelSearch:
 
     async def decomposition(self, example: Example) -> tuple[list[str], float] | None:
         w, top = self.cfg.labels, len(self.model_ids) - 1
+        fallback = w.whole_query == "fallback"
         best = None
-        for steps in candidates(example):
+        # with `fallback`, the decompositions are tried first and the first one solved is the label
+        for steps in sorted(candidates(example), key=lambda c: fallback and c == [example.query]):
             t = await self.run(example, steps, [top] * len(steps))
             tokens = sum(c.prompt_tokens + c.completion_tokens for c in t.calls)
             score = (w.w_concise / len(steps) + w.w_practical * (t.correct - tokens / w.token_norm)
                      + w.w_coherent * coherence(steps))
             if t.correct >= 1 and (best is None or score > best[1]):
                 best = (steps, score)
+            if fallback and best:
+                break
         return best
 
     def initial_tiers(self, t: Trajectory) -> list[int]:
