@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import sys
 
+from rich.markup import escape
 from rich.table import Table
 
 from core.config import config_from_args, config_parser
@@ -49,8 +50,8 @@ def main(argv: list[str] | None = None):
                       s.answer, f"{s.confidence:.3f}", f"{sum(c.cost_usd for c in s.calls):.3g}")
     console.print(table)
     verdict = "no gold answer" if math.isnan(t.correct) else "correct" if t.correct >= 1 else f"wrong (gold: {t.gold})"
-    console.print(f"final answer: {t.answer}   [{verdict}]   total cost: ${t.cost_usd:.3g} "
-                  f"({len(t.calls)} calls, paper-pool prices)")
+    console.print(escape(f"final answer: {t.answer}   [{verdict}]   total cost: ${t.cost_usd:.3g} "
+                         f"({len(t.calls)} calls, paper-pool prices)"))
     return t
 
 

@@ -1,6 +1,7 @@
 """The R2 chain and the baselines on a real Ray pool of test-zoo models."""
 import asyncio
 import json
+import re
 
 import pytest
 
@@ -134,6 +135,7 @@ def test_route_cli_shows_every_decision(zoo_config, ray_local, capsys, tmp_path)
               world_query])
     out = capsys.readouterr().out
     assert "UNTRAINED router" in out and "final answer:" in out and "total cost:" in out
+    assert re.search(r"\[(correct|wrong \(gold: [A-Z_ ]+\))\]", out)  # the verdict, not eaten as markup
     assert [s.text for s in t.steps] == ["walk left", "jump twice"]  # gold decomposition until trained
     with pytest.raises(SystemExit, match="unknown task"):
         main(["--config", "configs/test.yaml", "--set", f"run_dir={zoo_config.run_dir}", "--task", "nope", "walk"])
