@@ -302,6 +302,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_step_for_step(sft_con
     def steps_logged() -> list[int]:
         return [json.loads(x)["step"] for x in history.read_text().splitlines()] if history.exists() else []
 
+    def checkpointed() -> bool:  # a complete checkpoint to resume from (a skip at step 0 or 1 precedes the first)
+        return any((d / "manifest.json").exists() for d in (history.parent / "checkpoints").glob("step-*"))
+
     resumed_at = []
     for i, step in enumerate([*kill_after, None]):
         logged = steps_logged()
@@ -309,7 +312,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_step_for_step(sft_con
         with out.open("w") as sink:
             proc = subprocess.Popen(args + (["--resume"] if i else []), env=env, stdout=sink, stderr=subprocess.STDOUT)
             resumed = drive(proc, out, None if step is None else  # this driver's row of `step`
-                            lambda logged=logged, step=step: steps_logged() != logged and step in steps_logged())
+                            lambda logged=logged, step=step: steps_logged() != logged and step in steps_logged()
+                            and checkpointed())
         if i:
             assert resumed is not None, out.read_text()[-3000:]
             resumed_at.append(resumed)
