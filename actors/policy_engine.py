@@ -170,7 +170,7 @@ class VLLMPolicy:
         interpreter (default: this process's), `engine_args` for vLLM."""
         from transformers import AutoTokenizer  # lazy: heavy, only to load
 
-        if positions.CONFIG_KEY in json.loads((Path(path) / "config.json").read_text()):
+        if positions.recorded(path):
             raise ValueError(f"{name}: {path} extrapolates RoPE per sequence (policies.positions), which vLLM does "
                              "not; sample it with the hf backend, or train it with train.length_extrapolation: 1")
         self.name = name

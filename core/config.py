@@ -470,6 +470,10 @@ class Config(Strict):
     def _pool_has_models(self) -> Config:
         if not (self.pool.use_zoo and self.zoo.models) and not self.pool.models:
             raise ValueError("pool: no models (give pool.models, or zoo.models with pool.use_zoo: true)")
+        return self
+
+    @model_validator(mode="after")
+    def _steps_cover_chains(self) -> Config:
         facts = self.tasks.facts
         longest = max([*facts.hops, *facts.held_out_hops]) if "facts" in self.tasks.enabled else 0
         if self.reason.max_steps < longest:

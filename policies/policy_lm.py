@@ -90,22 +90,19 @@ class PolicyLM:
         self.model.eval()
         enc = self.encode(prompts)
         ids, attn = enc.input_ids, enc.attention_mask
-        # the KV-cache argument is `cache` in recent transformers, `past_key_values` before
-        cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
-        with positions.reading(self.model, attn.sum(-1)):
-            return self._decode(ids, attn, max_new_tokens, temperature, allowed, generator, cache_kw)
-
-    def _decode(self, ids, attn, max_new_tokens, temperature, allowed, generator, cache_kw) -> list[Sample]:
-        n = ids.shape[0]
+        n, prompt_lengths = ids.shape[0], attn.sum(-1)
         done = torch.zeros(n, dtype=torch.bool, device=self.device)
         out_ids: list[list[int]] = [[] for _ in range(n)]
         out_lp: list[list[float]] = [[] for _ in range(n)]
         past, pos = None, (attn.cumsum(-1) - 1).clamp(min=0)
         vocab_mask = None
         step_ids = ids
+        # the KV-cache argument is `cache` in recent transformers, `past_key_values` before
+        cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         for _ in range(max_new_tokens):
-            res = self.model(input_ids=step_ids, attention_mask=attn, position_ids=pos, use_cache=True,
-                             **{cache_kw: past})
+            with positions.reading(self.model, prompt_lengths):  # as token_logprobs reads the same row
+                res = self.model(input_ids=step_ids, attention_mask=attn, position_ids=pos, use_cache=True,
+                                 **{cache_kw: past})
             past = getattr(res, cache_kw)
             logits = res.logits[:, -1, :].float()
             if vocab_mask is None and allowed is not None:

@@ -88,6 +88,11 @@ def install(model) -> bool:
     return True
 
 
+def recorded(folder: str | Path) -> dict | None:
+    """The length extrapolation a saved policy's `config.json` records, or None."""
+    return json.loads((Path(folder) / "config.json").read_text()).get(CONFIG_KEY)
+
+
 def mark(folder: str | Path, trained_tokens: int, factor: float) -> None:
     """Record in a saved policy's `config.json` the longest sequence it was trained on and the factor;
     a factor of 1 records nothing (no extrapolation)."""
