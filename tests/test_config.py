@@ -99,3 +99,9 @@ def test_vllm_sampler_settings(monkeypatch, tmp_path):
     assert Config.model_validate_json(cfg.model_dump_json()).train.vllm.python == cfg.train.vllm.python
     with pytest.raises(ConfigError, match="train: .*sampler vllm takes its weights through the object store"):
         load_config(CONFIGS / "tiny.yaml", ["train.sampler=vllm", "train.weight_sync=collective"])
+
+
+def test_max_steps_must_cover_the_longest_facts_chain():
+    with pytest.raises(ConfigError, match=r"reason.max_steps: 5 steps cannot decompose the longest facts chain \(7 hops"):
+        load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", ["reason.max_steps=5"])
+    assert load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", ["reason.max_steps=7"]).reason.max_steps == 7
