@@ -11,6 +11,7 @@ Each stage's outputs live under `run_dir`; the zoo is reused when its config is 
 """
 from __future__ import annotations
 
+import json
 import time
 
 import ray
@@ -96,7 +97,19 @@ def run_demo(cfg: Config, limit: int | None, console) -> dict:
     for line in seed_lines(results):
         console.print(line)
     console.print("wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    (run_dir / WALL).write_text(json.dumps(phase_seconds(timings, sft_dir), indent=2))
     return results
+
+
+WALL = "demo_wall.json"  # the last run's seconds per phase (benchmarks.perf reports them)
+
+
+def phase_seconds(timings: dict[str, float], sft_dir) -> dict[str, float]:
+    """Seconds per phase, the label search apart from SFT (the SFT stage records its share)."""
+    labels = json.loads((sft_dir / "sft_history.json").read_text())["label_seconds"]
+    out = {"zoo": timings["zoo"], "labels": labels, "sft": timings["labels+sft"] - labels,
+           "grpo": timings["grpo"], "evaluate": timings["evaluate"]}
+    return {**{k: round(v, 1) for k, v in out.items()}, "total": round(sum(out.values()), 1)}
 
 
 def seed_lines(results: dict) -> list[str]:
