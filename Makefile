@@ -14,7 +14,7 @@ TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo $(C
 CONFIG ?= configs/tiny.yaml
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: setup demo test test-vllm lint clean
+.PHONY: setup demo test test-vllm bench-smollm lint clean
 
 setup: $(VENV)/.installed
 
@@ -55,6 +55,13 @@ $(VLLM_VENV)/.installed: pyproject.toml $(VENV)/.installed
 
 test-vllm: setup $(VLLM_VENV)/.installed
 	R2R_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(PY) -m pytest -q -m vllm tests
+
+# The paper's benchmarks end to end on SmolLM2-135M-Instruct (labels -> SFT -> GRPO -> evaluation), its
+# vLLM pool member served by vLLM's own OpenAI server from $(VLLM_VENV): configs/smollm-bench.yaml
+bench-smollm: setup $(VLLM_VENV)/.installed
+	$(PY) -m policies.smollm --out runs/smollm/hf
+	$(PY) -m benchmarks.smollm_bench --config configs/smollm-bench.yaml \
+		--set pool.models.1.launch.python=$(VLLM_VENV)/bin/python
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import ray
 
 from actors.pool import pool_models, start_pool
+from actors.vllm_server import launched_servers
 from core.config import Config
 
 
@@ -30,8 +31,9 @@ def init_ray(num_cpus: int | None = None) -> None:
 
 @contextmanager
 def pool_session(cfg: Config, pool=None) -> Iterator[tuple[object, list[str]]]:
-    """Ray up, the config's pool started and loaded: yields (pool handle, model ids cheapest first);
-    the pool and its servers go on exit. `pool`: one already running for this config's models (e.g. one
+    """Ray up, the config's pool started and loaded (after the vLLM servers of `openai` models with a
+    `launch` section: `actors.vllm_server`): yields (pool handle, model ids cheapest first); the pool, its
+    servers and launched servers go on exit. `pool`: one already running for this config's models (e.g. one
     shared by several runs), used as it is and left running."""
     if pool is not None:
         ids = ray.get(pool.model_ids.remote())
@@ -41,8 +43,9 @@ def pool_session(cfg: Config, pool=None) -> Iterator[tuple[object, list[str]]]:
         yield pool, ids
         return
     init_ray()
-    pool = start_pool(cfg)
-    try:
-        yield pool, ray.get(pool.model_ids.remote())
-    finally:
-        ray.kill(pool)
+    with launched_servers(pool_models(cfg), cfg.run_path / "logs"):  # openai models with `launch`
+        pool = start_pool(cfg)
+        try:
+            yield pool, ray.get(pool.model_ids.remote())
+        finally:
+            ray.kill(pool)

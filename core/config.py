@@ -107,10 +107,15 @@ class ScanConfig(Strict):
         return self
 
 
+class MusiqueConfig(Strict):
+    path: str | None = None  # a MuSiQue JSONL file (default: musique/musique_ans_v1.0_dev.jsonl under R2R_DATA)
+
+
 class TasksConfig(Strict):
     enabled: list[str] = Field(["facts", "scan"], min_length=1)  # registry names: zoo, labels, SFT, GRPO
     facts: FactsConfig = FactsConfig()
     scan: ScanConfig = ScanConfig()
+    musique: MusiqueConfig = MusiqueConfig()
 
 
 class ZooModelConfig(Strict):
@@ -203,6 +208,23 @@ class ModelShape(Strict):
     head_dim: int = Field(ge=1)
 
 
+class LaunchConfig(Strict):
+    """A vLLM OpenAI-compatible server that the run starts itself for an `openai` pool model (`pool_session`
+    starts it before the pool and stops it after): `python` (an interpreter with vllm, e.g. .venv-vllm's)
+    runs `vllm.entrypoints.openai.api_server` on the host and port of the model's `url`, serving its `path`
+    under its `remote_model` name. `args`: extra server flags as `{flag: value}` (`max-model-len: 2048`;
+    `true` for a bare flag)."""
+
+    python: str
+    args: dict[str, Any] = {}
+    startup_timeout_s: float = Field(300.0, gt=0)
+
+    @field_validator("python")
+    @classmethod
+    def _python_absolute(cls, v: str) -> str:
+        return _absolute(v)
+
+
 class PoolModelConfig(Strict):
     """A pool model served by one of the backends. The zoo's models join the pool by default."""
 
@@ -225,6 +247,7 @@ class PoolModelConfig(Strict):
     # another pool model that answers this one's prompts when a call to it fails for good (openai: after
     # its max_retries); checked at pool start (it must exist; no cycles)
     fallback: str | None = None
+    launch: LaunchConfig | None = None  # openai: a vLLM server the run starts for this model (see LaunchConfig)
 
     @field_validator("python")
     @classmethod
@@ -237,6 +260,8 @@ class PoolModelConfig(Strict):
             raise ValueError("an openai backend needs url")
         if self.backend in ("hf", "vllm") and not self.path:
             raise ValueError(f"a {self.backend} backend needs path")
+        if self.launch is not None and (self.backend != "openai" or not self.path):
+            raise ValueError("launch: only an openai backend's server is launched, and it serves the model in path")
         return self
 
 
@@ -262,6 +287,7 @@ class ReasonConfig(Strict):
     max_escalations: int = Field(1, ge=0)
     max_steps: int = Field(6, ge=1)
     decompose_max_tokens: int = Field(24, ge=1)
+    step_max_tokens: int | None = Field(None, ge=1)  # each pool call's answer budget (default: the task's own)
     escalation: Literal["next", "top"] = "next"  # one tier up, or straight to the largest model
 
 
@@ -334,6 +360,10 @@ class LabelsConfig(Strict):
     fraction: float = Field(0.1, gt=0, le=1)  # queries that get an allocation label (search)
     decomposition_fraction: float = Field(0.25, gt=0, le=1)  # queries that get a decomposition label
     max_per_task: int = Field(2000, ge=1)
+    # GPT-4-turbo's decompositions (R2R_DATA/decompositions/<task>.json, benchmarks.tasks.decompositions) as
+    # the decomposition label of each query that has one, taken as given (a teacher's label, not searched);
+    # queries without one are searched as usual
+    given_decompositions: bool = False
     # the whole query as one step: a candidate scored like the others (`scored`, the paper's rule), or the
     # target only when no decomposition is solved (`fallback`)
     whole_query: Literal["scored", "fallback"] = "scored"
@@ -479,6 +509,14 @@ class Config(Strict):
         if self.reason.max_steps < longest:
             raise ValueError(f"reason.max_steps: {self.reason.max_steps} steps cannot decompose the longest facts "
                              f"chain ({longest} hops, tasks.facts.hops / held_out_hops)")
+        return self
+
+    @model_validator(mode="after")
+    def _every_task_in_a_step(self) -> Config:
+        n = len(self.tasks.enabled)
+        if self.train.grpo_steps and self.train.queries_per_step < n:
+            raise ValueError(f"train.queries_per_step: {self.train.queries_per_step} queries per GRPO step cannot "
+                             f"cover the {n} enabled tasks (tasks.enabled); a step draws as many of each")
         return self
 
     @property

@@ -14,6 +14,10 @@
   while it stays correct; a wrong chain moves its least confident step *up* until it is correct. The
   cheapest correct allocation found is the label.
 
+With `labels.given_decompositions`, GPT-4-turbo's decompositions (`benchmarks.tasks.decompositions`, at most
+`reason.max_steps` steps) are the decomposition labels of the queries that have one, taken as given; those
+queries are labelled first.
+
 Label search costs pool calls, as at scale: allocation labels cover `labels.fraction` of the training
 queries, decomposition labels (two reference calls per candidate) `labels.decomposition_fraction`.
 Writes `<run_dir>/labels/labels.jsonl`, one labelled query per line.
@@ -31,6 +35,8 @@ from rich.progress import Progress
 from actors.runtime import pool_session
 from benchmarks.tasks import build_world
 from benchmarks.tasks.base import Example, Task
+from benchmarks.tasks.decompositions import TASKS as DECOMPOSED_TASKS
+from benchmarks.tasks.decompositions import join_decompositions
 from core.config import Config, config_from_args, config_parser
 from core.console import console as make_console
 from core.prompts import SEP
@@ -131,12 +137,13 @@ class LabelSearch:
                 tiers, t = trial, tt
         return tiers, t
 
-    async def label(self, example: Example, allocate: bool) -> dict | None:
-        """The query's decomposition label, and its allocation label when `allocate`."""
-        dec = await self.decomposition(example)
+    async def label(self, example: Example, allocate: bool, given: list[str] | None = None) -> dict | None:
+        """The query's decomposition label (`given`, else searched), and its allocation label when `allocate`."""
+        dec = (given, None) if given else await self.decomposition(example)
         if dec is None:
             return None
-        row = {"task": self.task.name, "id": example.id, "query": example.query, "steps": dec[0]}
+        row = {"task": self.task.name, "id": example.id, "query": example.query, "steps": dec[0],
+               "source": "given" if given else "search"}
         found = await self.allocation(example, dec[0]) if allocate else None
         if found is not None:
             tiers, t = found
@@ -150,22 +157,38 @@ def _rendered(step) -> str:
     return p[: -len(SEP)].strip() if p.endswith(SEP) else p
 
 
-def select_queries(cfg: Config, train: list[Example]) -> tuple[list[Example], int]:
-    """Queries to label (decomposition), the first `n_alloc` of them also get an allocation label."""
+def select_queries(cfg: Config, train: list[Example], preferred: frozenset[str] | set[str] = frozenset()) -> tuple[list[Example], int]:
+    """Queries to label (decomposition), the first `n_alloc` of them also get an allocation label. Queries
+    whose ids are `preferred` (those with a given decomposition) are drawn first."""
     cap = lambda f: min(cfg.labels.max_per_task, len(train), max(1, round(f * len(train))))  # noqa: E731
     n_dec, n_alloc = cap(cfg.labels.decomposition_fraction), cap(cfg.labels.fraction)
-    return random.Random(cfg.seed + 7).sample(train, max(n_dec, n_alloc)), n_alloc
+    order = random.Random(cfg.seed + 7).sample(train, len(train))
+    order.sort(key=lambda ex: ex.id not in preferred)  # stable: the draw's order within each group
+    return order[: max(n_dec, n_alloc)], n_alloc
+
+
+def given_decompositions(cfg: Config, task: Task, train: list[Example]) -> tuple[dict[str, list[str]], int]:
+    """GPT-4-turbo's decompositions of the train queries that have one (`labels.given_decompositions`; none
+    for a task without a decompositions file) with at most `reason.max_steps` steps, and how many were left
+    out as longer."""
+    if not cfg.labels.given_decompositions or task.name not in DECOMPOSED_TASKS:
+        return {}, 0
+    joined = join_decompositions(task.name, train)
+    kept = {i: steps for i, steps in joined.items() if len(steps) <= cfg.reason.max_steps}
+    return kept, len(joined) - len(kept)
 
 
 async def build_labels(cfg: Config, pool, model_ids: list[str], tasks: dict[str, Task], progress=None) -> tuple[list[dict], dict]:
     rows, stats = [], {}
     for name, task in tasks.items():
         search = LabelSearch(cfg, pool, model_ids, task)
-        queries, n_alloc = select_queries(cfg, task.split("train"))  # never a validation query
+        train = task.split("train")  # never a validation query
+        given, too_long = given_decompositions(cfg, task, train)
+        queries, n_alloc = select_queries(cfg, train, set(given))
         bar = progress.add_task(f"labels {name}", total=len(queries)) if progress else None
 
-        async def one(i, ex, search=search, n_alloc=n_alloc, bar=bar):
-            out = await search.label(ex, allocate=i < n_alloc)
+        async def one(i, ex, search=search, n_alloc=n_alloc, bar=bar, given=given):
+            out = await search.label(ex, allocate=i < n_alloc, given=given.get(ex.id))
             if progress:
                 progress.advance(bar)
             return out
@@ -174,6 +197,8 @@ async def build_labels(cfg: Config, pool, model_ids: list[str], tasks: dict[str,
         kept = [r for r in found if r]
         rows += kept
         stats[name] = {"queries": len(queries), "decomposition_labels": len(kept),
+                       "given_decompositions": sum(r["source"] == "given" for r in kept),
+                       "given_longer_than_max_steps": too_long,
                        "allocation_labels": sum("tiers" in r for r in kept), "pool_calls": search.calls,
                        "tier_histogram": dict(sorted(Counter(m for r in kept for m in r.get("models", [])).items()))}
     return rows, stats

@@ -106,9 +106,11 @@ def scratch_policy(cfg: Config, shape, policy: str) -> Path:
 
 
 def cost_ref(cfg: Config, pool, model_ids: list[str], tasks: dict[str, Task]) -> dict[str, float]:
-    """Per task: the reference's mean cost per query on the first `train.cost_ref_queries` train queries (the
-    validation queries left out: `Task.split`).
+    """Per task: `reward.cost_ref` when the config sets it, else the reference's mean cost per query on the
+    first `train.cost_ref_queries` train queries (the validation queries left out: `Task.split`).
     Stored in `<run_dir>/cost_ref.json` with what it was computed from, and recomputed when that changed."""
+    if cfg.reward.cost_ref is not None:  # a configured constant: nothing to measure
+        return dict.fromkeys(tasks, cfg.reward.cost_ref)
     path = cfg.run_path / COST_REF
     basis = {"model_ids": model_ids, "queries": cfg.train.cost_ref_queries, "split": "train",
              "val_queries": cfg.eval.val_queries}

@@ -57,6 +57,9 @@ def run_sft(cfg: Config, learner, data: dict[str, list], console, progress=None)
     history: dict[str, list] = {}
     steps = total_steps(cfg, data)
     for name, items in data.items():
+        if not items:  # e.g. no allocation label found: the policy stays as it starts
+            console.print(f"sft {name}: no labels, left as initialised")
+            continue
         bar = progress.add_task(f"sft {name}", total=steps[name]) if progress else None
         for epoch in range(epochs(cfg, name)):
             rng.shuffle(items)

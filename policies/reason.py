@@ -108,7 +108,7 @@ async def areason_batch(examples: list[Example], router: BaseRouter, pool, task:
     trajs = [Trajectory(ex.id, ex.task, ex.query, ex.answer, router.name, router.decomposer_name, d)
              for ex, d in zip(examples, decisions)]
     plans = [d.decomposition.steps[: cfg.max_steps] or [ex.query] for ex, d in zip(examples, decisions)]
-    params = SamplingParams(max_new_tokens=task.step_max_tokens)
+    params = SamplingParams(max_new_tokens=cfg.step_max_tokens or task.step_max_tokens)
     top = len(model_ids) - 1
     for k in range(max(len(p) for p in plans)):
         active = [i for i, p in enumerate(plans) if k < len(p)]

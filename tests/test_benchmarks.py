@@ -486,3 +486,19 @@ def test_decompositions_cleaning_and_order():
     assert rec.topological() == ["run opposite right", "walk opposite right", "walk opposite right thrice"]
     with pytest.raises(ValueError, match="unknown task"):
         load_records("nope")
+
+
+@pytest.mark.parametrize("name", ["math", "champ", "p3"])
+def test_paper_benchmarks_speak_natural_language(name):
+    """Every paper benchmark asks its steps and its final answer in natural language (the chain's prompts of
+    `NaturalLanguageTask`), the final call in the task's answer format."""
+    from benchmarks.tasks import TASKS
+    from benchmarks.tasks.natural import STEP_MARK
+
+    _need(name)
+    task = TASKS[name]()
+    ex = task.load("test")[0]
+    step = task.step_prompt(ex, "what is asked?", [])
+    final = task.final_prompt(ex, ["what is asked?"], ["this"])
+    assert ex.query.strip()[:40] in step and STEP_MARK in step
+    assert final.endswith(task.answer_instruction) and "1. what is asked?\n   Answer: this" in final

@@ -105,3 +105,22 @@ def test_max_steps_must_cover_the_longest_facts_chain():
     with pytest.raises(ConfigError, match=r"reason.max_steps: 5 steps cannot decompose the longest facts chain \(7 hops"):
         load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", ["reason.max_steps=5"])
     assert load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", ["reason.max_steps=7"]).reason.max_steps == 7
+
+
+def test_smollm_bench_config():
+    """The paper-benchmark config: real models only, a launched vLLM server behind an openai member."""
+    cfg = load_config(CONFIGS / "smollm-bench.yaml")
+    assert cfg.zoo.models == [] and not cfg.pool.use_zoo and cfg.pool_ids() == ["smollm2-hf", "smollm2-vllm"]
+    vllm = cfg.pool.models[1]
+    assert vllm.backend == "openai" and vllm.launch is not None and Path(vllm.launch.python).is_absolute()
+    assert cfg.labels.given_decompositions and set(cfg.eval.tasks) == set(cfg.tasks.enabled)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("pool.models.0.launch={python: py}", "launch: only an openai backend"),  # an hf member
+    ("train.queries_per_step=3", "cannot cover the 4 enabled tasks"),
+    ("reason.step_max_tokens=0", "reason.step_max_tokens"),
+])
+def test_smollm_bench_config_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(CONFIGS / "smollm-bench.yaml", [override])

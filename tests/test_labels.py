@@ -37,3 +37,25 @@ def test_the_whole_query_is_scored_or_a_fallback(rule, solves, label, tried):
     search = Reference(rule, solves)
     best = asyncio.run(search.decomposition(EXAMPLE))
     assert (None if best is None else len(best[0])) == label and search.tried == tried
+
+
+def test_given_decompositions_are_labels_and_drawn_first(monkeypatch):
+    """GPT-4-turbo's decompositions (at most reason.max_steps steps) label their queries without a search,
+    and those queries are labelled first."""
+    from pipelines import labels
+
+    cfg = load_config("configs/smollm-bench.yaml", ["labels.max_per_task=2", "labels.decomposition_fraction=0.5",
+                                                    "reason.max_steps=2"])
+    train = [Example(f"q{i}", "csqa", f"question {i}", "A") for i in range(10)]
+    monkeypatch.setattr(labels, "join_decompositions", lambda name, exs: {
+        "q7": ["a", "b"], "q3": ["a"], "q5": ["a", "b", "c"]})  # q5: longer than max_steps
+    task = SimpleNamespace(name="csqa")
+    given, too_long = labels.given_decompositions(cfg, task, train)
+    assert given == {"q7": ["a", "b"], "q3": ["a"]} and too_long == 1
+    queries, _ = labels.select_queries(cfg, train, set(given))
+    assert {ex.id for ex in queries} == {"q3", "q7"}
+    assert labels.given_decompositions(cfg.model_copy(update={"labels": cfg.labels.model_copy(
+        update={"given_decompositions": False})}), task, train) == ({}, 0)
+    search = LabelSearch(cfg, pool=None, model_ids=["small", "large"], task=SimpleNamespace(name="csqa"))
+    row = asyncio.run(search.label(train[7], allocate=False, given=given["q7"]))
+    assert row["steps"] == ["a", "b"] and row["source"] == "given" and search.calls == 0

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from benchmarks.tasks.base import Example, Task, register_task
+from benchmarks.tasks.base import Example, register_task
 from benchmarks.tasks.mathcheck import final_answer_text, math_equal
+from benchmarks.tasks.natural import NaturalLanguageTask
 from benchmarks.tasks.splits import DEFAULT_TEST_FRACTION, data_file, split_examples
 
 DATA_FILE = "champ/champ116.json"
@@ -152,7 +153,9 @@ def check(prediction: str, key: AnswerKey) -> bool:
 
 
 @register_task("champ")
-class ChampTask(Task):
+class ChampTask(NaturalLanguageTask):
+    answer_instruction = "Give the final answer only, in \\boxed{} if it is a number or a formula."
+
     def __init__(self, path: str | Path | None = None, seed: int = 0,
                  test_fraction: float = DEFAULT_TEST_FRACTION) -> None:
         self.path = data_file(path, DATA_FILE, "champ")

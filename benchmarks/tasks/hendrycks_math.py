@@ -10,15 +10,18 @@ import json
 from functools import cached_property
 from pathlib import Path
 
-from benchmarks.tasks.base import Example, Task, register_task
+from benchmarks.tasks.base import Example, register_task
 from benchmarks.tasks.mathcheck import last_boxed, math_equal
+from benchmarks.tasks.natural import NaturalLanguageTask
 from benchmarks.tasks.splits import DEFAULT_TEST_FRACTION, data_file, split_examples
 
 DATA_FILE = "math/math200.json"
 
 
 @register_task("math")
-class MathTask(Task):
+class MathTask(NaturalLanguageTask):
+    answer_instruction = "Give the final answer in \\boxed{}."
+
     def __init__(self, path: str | Path | None = None, seed: int = 0,
                  test_fraction: float = DEFAULT_TEST_FRACTION) -> None:
         self.path = data_file(path, DATA_FILE, "math")

@@ -26,7 +26,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from benchmarks.tasks.base import Example, Step, Task, data_dir, register_task
+from benchmarks.tasks.base import Example, Step, data_dir, register_task
+from benchmarks.tasks.natural import NaturalLanguageTask
 from benchmarks.tasks.splits import DEFAULT_TEST_FRACTION, data_file, split_examples
 
 DATA_FILE = "musique/musique_ans_v1.0_dev.jsonl"
@@ -87,7 +88,7 @@ def to_example(row: dict) -> Example:
 
 
 @register_task("musique")
-class MusiqueTask(Task):
+class MusiqueTask(NaturalLanguageTask):
     def __init__(self, path: str | Path | None = None, seed: int = 0,
                  test_fraction: float = DEFAULT_TEST_FRACTION, hf_dataset: str | None = None,
                  hf_split: str = "validation", answerable_only: bool = True) -> None:
@@ -102,6 +103,10 @@ class MusiqueTask(Task):
         self.seed = seed
         self.test_fraction = test_fraction
         self.answerable_only = answerable_only
+
+    @classmethod
+    def from_config(cls, cfg) -> MusiqueTask:
+        return cls(path=cfg.tasks.musique.path, seed=cfg.seed)
 
     def _raw_rows(self) -> list[dict]:
         if self.path is not None:

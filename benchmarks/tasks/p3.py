@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from benchmarks.tasks.base import Example, Task, register_task
+from benchmarks.tasks.base import Example, register_task
+from benchmarks.tasks.natural import NaturalLanguageTask
 from benchmarks.tasks.sandbox import run_python
 from benchmarks.tasks.splits import DEFAULT_TEST_FRACTION, data_file, split_examples
 
@@ -137,7 +138,14 @@ def check_solution(sat: str, prediction: str, sol_header: str = "def sol():", an
 
 
 @register_task("p3")
-class P3Task(Task):
+class P3Task(NaturalLanguageTask):
+    step_max_tokens = 64  # the final call writes code
+    answer_instruction = ("Write a Python function `def sol():` that returns an input for which `sat` returns True. "
+                          "Reply with the code only.")
+
+    def question_text(self, example: Example) -> str:
+        return f"Find an input for which this Python function returns True.\n{example.query.strip()}"
+
     def __init__(self, path: str | Path | None = None, seed: int = 0,
                  test_fraction: float = DEFAULT_TEST_FRACTION, timeout_s: float = 10.0,
                  memory_mb: int = 1024) -> None:

@@ -6,19 +6,18 @@ be what transformers computes for the chat-templated prompt, token for token."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from test_vllm_backend import LOGPROB_TOL, NO_VLLM_PYTHON, VLLM_PYTHON, needs_vllm
 from tests_support import sharp_tiny_llama
 
 from actors.backends import make_backend
+from actors.vllm_server import ServerError
+from actors.vllm_server import vllm_server as start_vllm_server
 from core.types import SamplingParams
 
 # one user turn is asked as "what is <content> =" ("what", "is" and "=" are words of the tiny vocabulary)
@@ -47,40 +46,15 @@ def vllm_server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     tok = AutoTokenizer.from_pretrained(path)
     tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(path)
-    port = _free_port()
-    cmd = [os.path.abspath(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(path),
-           "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-           "--max-model-len", "128", "--kv-cache-memory-bytes", str(64 << 20), "--enforce-eager",
-           "--disable-log-stats", "--uvicorn-log-level", "warning"]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
-    log = tmp / "server.log"
+    args = {"dtype": "float32", "max-model-len": 128, "kv-cache-memory-bytes": 64 << 20, "enforce-eager": True}
     t0 = time.perf_counter()
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.time() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM server exited ({proc.returncode}):\n{log.read_text()[-6000:]}")
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"vLLM server not up after 180 s:\n{log.read_text()[-6000:]}")
-            time.sleep(0.5)
-        print(f"vLLM OpenAI server up in {time.perf_counter() - t0:.1f}s")
-        yield url, path
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and the engine process it started
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        with start_vllm_server(os.path.abspath(VLLM_PYTHON), path, MODEL, "127.0.0.1", _free_port(), tmp / "server.log",
+                         args, timeout_s=180) as url:
+            print(f"vLLM OpenAI server up in {time.perf_counter() - t0:.1f}s")
+            yield url, path
+    except ServerError as err:
+        pytest.fail(str(err))
 
 
 def _reference(path: Path, prompts: list[str]) -> list[tuple[list[int], list[int], list[float]]]:

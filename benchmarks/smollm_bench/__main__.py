@@ -1,0 +1,3 @@
+from benchmarks.smollm_bench import main
+
+main()
