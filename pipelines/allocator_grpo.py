@@ -40,7 +40,7 @@ def one_step_problems(tasks: dict[str, Task], split: str, n: int, seed: int) -> 
     per_task = {}
     for name, task in tasks.items():
         queries = task.split(split)
-        random.Random(seed + TRAIN_SAMPLE_SEED).shuffle(queries)
+        queries = random.Random(seed + TRAIN_SAMPLE_SEED).sample(queries, len(queries))  # a new list: splits may be cached
         per_task[name] = subtasks(queries[: n], task)  # a query gives at least one subtask
     out = [(name, subs[k]) for k in range(n) for name, subs in per_task.items() if k < len(subs)]
     if len(out) < n:

@@ -15,7 +15,10 @@ def test_problems_are_distinct_one_step_subtasks_the_tasks_taking_turns(zoo_conf
     assert len({(t, ex.query) for t, ex in probs}) == 12
     for _, ex in probs:
         assert [s.prompt for s in ex.steps] == [ex.query] and ex.answer == ex.steps[0].answer
+    test_ids = [ex.id for ex in tasks["facts"].split("test")]
     assert one_step_problems(tasks, "train", 12, zoo_config.seed) == probs  # seeded
+    one_step_problems(tasks, "test", 12, zoo_config.seed)
+    assert [ex.id for ex in tasks["facts"].split("test")] == test_ids  # the task's (cached) split left as it was
     with pytest.raises(ValueError, match="at least one"):
         one_step_problems(tasks, "train", 0, zoo_config.seed)
 
