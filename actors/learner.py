@@ -1,11 +1,12 @@
 """The learner: `LearnerGroup` of `train.learner.ranks` DeepSpeed data-parallel ranks, one Ray actor
 (`Learner`) each, in one torch.distributed group (gloo on CPU, NCCL on GPU; the address is rank 0's),
-placed together by a placement group. Each rank owns one DeepSpeed engine per router policy
-(decomposer, allocator) and a frozen reference copy of each for the KL term; the group splits each
-batch into shards, and every rank normalises its loss by the global token (or example) count over the
-number of ranks, so that DeepSpeed's averaged gradient is the global batch's mean whatever each shard
-holds. Rank 0 publishes weights; checkpoints are DeepSpeed's, one shard per rank (ZeRO partitions the
-optimizer state by rank, so a checkpoint resumes with the rank count that wrote it)."""
+placed together by a placement group. Each rank owns one DeepSpeed engine per router policy it is given
+(decomposer and allocator; the allocator alone for one-step allocation) and a frozen reference copy of
+each for the KL term; the group splits each batch into shards, and every rank normalises its loss by
+the global token (or example) count over the number of ranks, so that DeepSpeed's averaged gradient is
+the global batch's mean whatever each shard holds. Rank 0 publishes weights; checkpoints are
+DeepSpeed's, one shard per rank (ZeRO partitions the optimizer state by rank, so a checkpoint resumes
+with the rank count that wrote it)."""
 from __future__ import annotations
 
 import copy
@@ -68,9 +69,12 @@ class LearnerImpl(WeightGroupMember):
 
     def __init__(self, cfg_json: str, init_dirs: dict[str, str], model_ids: list[str], lr: float | dict[str, float],
                  total_steps: dict[str, int] | None = None, rank: int = 0, world: int = 1):
-        """`lr`: one for both policies or one per policy. `total_steps` per policy: a warmup-cosine
-        schedule over that many steps (SFT); else a constant lr. A single rank sets up at once; ranks
-        of a group set up together (`setup`) once rank 0's address is known."""
+        """`init_dirs`: the checkpoint of each policy this rank trains (a subset of `POLICIES`). `lr`: one
+        for every policy or one per policy. `total_steps` per policy: a warmup-cosine schedule over that
+        many steps (SFT); else a constant lr. A single rank sets up at once; ranks of a group set up
+        together (`setup`) once rank 0's address is known."""
+        if not init_dirs or set(init_dirs) - set(POLICIES):
+            raise ValueError(f"learner policies {sorted(init_dirs)}: want some of {list(POLICIES)}")
         self.cfg = Config.model_validate_json(cfg_json)
         self.init_dirs, self.model_ids, self.total_steps = init_dirs, model_ids, total_steps or {}
         self.lrs = lr if isinstance(lr, dict) else dict.fromkeys(POLICIES, lr)
@@ -94,7 +98,7 @@ class LearnerImpl(WeightGroupMember):
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         torch.manual_seed(self.cfg.seed)
         self.engines, self.refs, self.policies = {}, {}, {}
-        for name in POLICIES:
+        for name in self.init_dirs:
             lm = PolicyLM.from_pretrained(ensure_local(self.init_dirs[name]), device=self.device, lora=self.cfg.train.lora)
             self.refs[name] = copy.deepcopy(lm.model).eval().requires_grad_(False)
             config = ds_config(self.cfg, self.lrs[name], self.total_steps.get(name))
@@ -103,7 +107,7 @@ class LearnerImpl(WeightGroupMember):
             self.engines[name] = engine
             self.policies[name] = PolicyLM(engine.module, lm.tokenizer)
         self.actions = ActionSpace(self.cfg.router.templates, self.model_ids)
-        self.versions = dict.fromkeys(POLICIES, 0)  # updates per policy: the version samplers must hold
+        self.versions = dict.fromkeys(self.engines, 0)  # updates per policy: the version samplers must hold
         self.state: dict = {}  # the driver's resumable state (its step, cost_ref, W&B run id, ...)
 
     # -- the policies' action distributions, as the sampler defines them (`ActionSpace`) ----------------
@@ -227,7 +231,7 @@ class LearnerImpl(WeightGroupMember):
         return torch.cat([p.detach().double().cpu().reshape(-1) for p in self.engines[name].module.parameters()])
 
     def save_pretrained(self, out_dir: str) -> None:
-        for name in POLICIES:
+        for name in self.policies:
             self.policies[name].save(Path(out_dir) / name)
         push_staged(out_dir)
 

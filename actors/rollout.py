@@ -1,6 +1,7 @@
-"""`RolloutWorker`: a Ray actor holding sampler copies of both router policies; it runs the chain
-(`policies.reason`) G times per query against the shared `ModelPool` and returns the trajectories,
-with the sampled tokens' logprobs, for GRPO.
+"""`RolloutWorker`: a Ray actor holding sampler copies of the router policies (both, or the allocator
+alone, which then routes each query's gold decomposition); it runs the chain (`policies.reason`) G times
+per query against the shared `ModelPool` and returns the trajectories, with the sampled tokens'
+logprobs, for GRPO.
 
 Every rollout call carries the learner's published weights (`WeightRef`: version, object-store
 reference, checksum) of both policies; a worker whose versions differ loads them before it samples.
@@ -98,11 +99,12 @@ class RolloutWorkerImpl(WeightGroupMember):
                 published: dict[str, WeightRef]) -> RolloutResult:
         """G samples per example (consecutive in the result). The trained policy of `phase` samples at
         the training temperature; the frozen one decodes greedily, as it will when deployed, so a
-        group's reward spread comes from the trained policy's choices alone."""
+        group's reward spread comes from the trained policy's choices alone. A worker without a
+        decomposer runs each example's gold decomposition (one-step allocation: one gold step each)."""
         reloaded = self.ensure_weights(published)
         t = self.cfg.train.temperature
         router = PolicyRouter(
-            self.policies["decomposer"], self.policies["allocator"], self.model_ids,
+            self.policies.get("decomposer"), self.policies["allocator"], self.model_ids,
             templates=self.cfg.router.templates, temperature=t if phase == "allocator" else 0.0,
             max_steps=self.cfg.reason.max_steps, max_tokens=self.cfg.reason.decompose_max_tokens,
             seed=self.seed * 100_003 + step, label="policy", decompose_temperature=t if phase == "decomposer" else 0.0)

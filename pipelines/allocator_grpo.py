@@ -1,0 +1,128 @@
+"""One-step allocation GRPO: the allocator alone, trained on the RLlib baseline's environment (each train
+subtask of `pipelines.subtask_table` run alone, through the chain without review, on the tier the
+allocator samples), with the training job's actors: `RolloutWorker`s sample the allocator and call the
+pool, the DeepSpeed `LearnerGroup` takes the GRPO step, and the workers load the published weights
+before the next step's rollouts. The reward is R2's (`policies.reward`): correct - lam * cost / cost_ref
++ beta (the gold one-step decomposition is always well formed).
+
+The perf suite's `peer_trl` figure times it against TRL's GRPOTrainer on the same problem."""
+from __future__ import annotations
+
+import asyncio
+import random
+
+import ray
+import torch
+
+from actors.learner import LearnerGroup
+from actors.rollout import RolloutWorker
+from actors.weight_sync import WeightRef
+from benchmarks.tasks import Example, Task
+from core.config import Config
+from pipelines.subtask_table import TRAIN_SAMPLE_SEED, subtasks
+from policies.grpo import training_items
+from policies.policy_lm import PolicyLM
+from policies.reason import Trajectory, areason_batch
+from policies.reward import reward
+from policies.router import PolicyRouter
+
+
+def one_step_config(cfg: Config) -> Config:
+    """`cfg` with the procedural review off (no escalation): a subtask runs once, on the chosen tier."""
+    return cfg.model_copy(update={"reason": cfg.reason.model_copy(update={"max_escalations": 0})})
+
+
+def one_step_problems(tasks: dict[str, Task], split: str, n: int, seed: int) -> list[tuple[str, Example]]:
+    """`n` distinct subtasks (task name, one-step example) of `split`, the tasks taking turns, each task's
+    in the order of a seeded shuffle of its queries."""
+    if n < 1:
+        raise ValueError(f"want at least one subtask, got n={n}")
+    per_task = {}
+    for name, task in tasks.items():
+        queries = task.split(split)
+        queries = random.Random(seed + TRAIN_SAMPLE_SEED).sample(queries, len(queries))  # a new list: splits may be cached
+        per_task[name] = subtasks(queries[: n], task)  # a query gives at least one subtask
+    out = [(name, subs[k]) for k in range(n) for name, subs in per_task.items() if k < len(subs)]
+    if len(out) < n:
+        raise ValueError(f"the {split} split has {len(out)} subtasks; {n} wanted")
+    return out[:n]
+
+
+def trajectory_reward(cfg: Config, t: Trajectory, cost_ref: dict[str, float]) -> float:
+    return reward(t.correct, t.cost_usd, t.format_ok, cfg.reward.lam, cfg.reward.beta,
+                  cfg.reward.cost_ref or cost_ref[t.task])
+
+
+def greedy_reward(cfg: Config, pool, model_ids: list[str], allocator: PolicyLM, tasks: dict[str, Task],
+                  problems: list[tuple[str, Example]], cost_ref: dict[str, float]) -> float:
+    """The mean reward of `allocator`'s greedy tier on one-step `problems` (real pool calls, no review)."""
+    cfg = one_step_config(cfg)
+    router = PolicyRouter(None, allocator, model_ids, templates=cfg.router.templates, temperature=0.0)
+
+    async def run() -> list[Trajectory]:
+        runs = await asyncio.gather(*(
+            areason_batch([ex for t, ex in problems if t == name], router, pool, tasks[name], cfg.reason, model_ids)
+            for name in sorted({t for t, _ in problems})))
+        return [t for r in runs for t in r]
+
+    trajs = asyncio.run(run())
+    return sum(trajectory_reward(cfg, t, cost_ref) for t in trajs) / len(trajs)
+
+
+class AllocatorGRPO:
+    """The allocator's GRPO on one-step problems: `step(batch)` samples G tiers per subtask, calls the pool,
+    and takes one learner step on the groups with reward spread."""
+
+    def __init__(self, cfg: Config, pool, model_ids: list[str], allocator_dir: str, cost_ref: dict[str, float]):
+        self.cfg, self.pool, self.model_ids, self.cost_ref = one_step_config(cfg), pool, model_ids, cost_ref
+        dirs = {"allocator": str(allocator_dir)}
+        self.learner = LearnerGroup(self.cfg, dirs, model_ids, self.cfg.train.grpo_lr)
+        cfg_json = self.cfg.model_dump_json()
+        self.workers = [RolloutWorker.options(**self.cfg.train.rollout.options()).remote(
+                            cfg_json, dirs, pool, model_ids, 1000 * self.cfg.train.seed + i)
+                        for i in range(self.cfg.train.rollout_workers)]
+        self.published = self._publish()
+        self.steps = 0
+
+    def _publish(self) -> dict[str, WeightRef]:
+        state, meta = self.learner.publish("allocator")
+        return {"allocator": WeightRef(meta["version"], state, meta["checksum"])}
+
+    def rollouts(self, batch: list[tuple[str, Example]]) -> list[Trajectory]:
+        """G trajectories per subtask, in batch order; each task's subtasks dealt round the workers."""
+        g, n = self.cfg.train.group_size, len(self.workers)
+        jobs = [(name, part) for name in dict.fromkeys(t for t, _ in batch)
+                for exs in [[ex for t, ex in batch if t == name]] for i in range(n) if (part := exs[i::n])]
+        refs = [self.workers[k % n].rollout.remote(name, exs, g, "allocator", self.steps, self.published)
+                for k, (name, exs) in enumerate(jobs)]
+        groups = {}
+        for (name, exs), res in zip(jobs, ray.get(refs)):
+            for i, ex in enumerate(exs):
+                groups[name, ex.id] = res.trajectories[i * g: (i + 1) * g]
+        return [t for name, ex in batch for t in groups[name, ex.id]]
+
+    def step(self, batch: list[tuple[str, Example]]) -> dict:
+        """One GRPO step on `batch` (task name, one-step example); its reward, accuracy and learner stats
+        (`skipped`: no group had reward spread, so no update)."""
+        trajs = self.rollouts(batch)
+        rewards = [trajectory_reward(self.cfg, t, self.cost_ref) for t in trajs]
+        items = training_items(trajs, rewards, self.cfg.train.group_size, "allocator")
+        stats = self.learner.grpo_step("allocator", items) if items else {"skipped": 1}
+        if items:
+            self.published = self._publish()
+        self.steps += 1
+        return {"reward": sum(rewards) / len(rewards), "accuracy": sum(t.correct for t in trajs) / len(trajs),
+                "cost_usd": sum(t.cost_usd for t in trajs) / len(trajs), "items": len(items),
+                "tiers": torch.bincount(torch.tensor([t.steps[0].allocation.tier for t in trajs]),
+                                        minlength=len(self.model_ids)).tolist(), **stats}
+
+    def allocator(self, init_dir: str) -> PolicyLM:
+        """The allocator `init_dir` holds, with the learner's current weights (on the CPU)."""
+        lm = PolicyLM.from_pretrained(init_dir, device="cpu")
+        lm.model.load_state_dict(ray.get(self.published["allocator"].state))
+        return lm
+
+    def close(self) -> None:
+        for w in self.workers:
+            ray.kill(w)
+        self.learner.kill()
