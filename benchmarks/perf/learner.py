@@ -13,7 +13,8 @@ weight sync.
   to `train.rollout_workers` workers at three parameter counts, and its share of a training step,
   sync / (sync + rollout + learner step), with the rollout time the rollout benchmark measured (when it
   ran) and the learner step measured here at the demo size. The state dict is put in the object store
-  by this process, where the Learner actor puts it from its own; the workers' load is the same.
+  by this process, where the Learner actor puts it from its own; the workers' load is the same. At the
+  demo size the workers are the run's shared rollout workers when the rollout benchmark started them; the larger sizes start workers of their own.
 """
 from __future__ import annotations
 
@@ -26,11 +27,10 @@ from pathlib import Path
 import ray
 import torch
 
-from actors.learner import LearnerImpl
+from actors.learner import POLICIES, LearnerImpl
 from actors.rollout import RolloutWorker
 from actors.weight_sync import WeightRef, make_sync, state_checksum
-from benchmarks.perf.common import PerfContext, ray_up, repeat, summary
-from benchmarks.perf.rollout import POLICIES, router_dirs
+from benchmarks.perf.common import PerfContext, ray_up, repeat, router_dirs, shared_workers, summary
 from core.config import Config
 from core.types import TrainItem
 from pipelines.runs import labels_path
@@ -104,10 +104,12 @@ def step_ratio(cfg: Config, policy_dir: str, items: list[TrainItem], repeats: in
             "items": len(items), "tokens": sum(len(it.token_ids) for it in items)}
 
 
-def sync_times(cfg: Config, policy_dir: str, repeats: int) -> dict:
-    """Seconds of the configured sync of one policy's weights to the rollout workers."""
-    workers = [RolloutWorker.options(**cfg.train.rollout.options()).remote(
+def sync_times(cfg: Config, policy_dir: str, repeats: int, workers: list | None = None) -> dict:
+    """Seconds of the configured sync of one policy's weights to the rollout workers: `workers` (holding a
+    decomposer of `policy_dir`'s shape), else `train.rollout_workers` fresh ones holding `policy_dir`."""
+    own = [] if workers else [RolloutWorker.options(**cfg.train.rollout.options()).remote(
         cfg.model_dump_json(), dict.fromkeys(POLICIES, policy_dir), None, [], i) for i in range(cfg.train.rollout_workers)]
+    workers = workers or own
     try:
         sync = make_sync(cfg.train.weight_sync, None, workers, POLICIES, cfg.train.sync_timeout_s, cfg.train.sync_backend)
         state = PolicyLM.from_pretrained(policy_dir, device="cpu").model.state_dict()
@@ -118,7 +120,7 @@ def sync_times(cfg: Config, policy_dir: str, repeats: int) -> dict:
             secs.append(sync.push(published, ["decomposer"]))
         return {**summary(secs[1:]), "params": sum(v.numel() for v in state.values()), "workers": len(workers)}
     finally:
-        for w in workers:
+        for w in own:
             ray.kill(w)
 
 
@@ -141,8 +143,9 @@ def measure(ctx: PerfContext) -> dict:
             step["10M"] = step_ratio(cfg, dirs["10M"], grpo_items(cfg, tokenizer, 32), repeats)
             step["targets"] = {"ratio": "<= 1.15"}
         sync: dict = {"kind": cfg.train.weight_sync}
-        for label, path in dirs.items():
-            sync[label] = sync_times(cfg, path, 1 if ctx.quick else 5)
+        for label, path in dirs.items():  # the demo size: the run's rollout workers when a module started them
+            workers = shared_workers(ctx, cfg.train.rollout_workers) if label == "demo" and "workers" in ctx.actors else None
+            sync[label] = sync_times(cfg, path, 1 if ctx.quick else 5, workers)
     rollout_s = ctx.shared.get("rollout_step_s")
     learner_s = step["demo"]["deepspeed_step_s"]["median"]
     sync["step_basis"] = {"rollout_s": rollout_s, "learner_s": learner_s,

@@ -1,7 +1,7 @@
 """Pool benchmarks: what micro-batching buys one `ModelServer` behind the `ModelPool`, and request latency
 by concurrency and batch window.
 
-Both use the largest zoo model, each in a pool of its own (one server, one replica), called the way the
+Both use the largest zoo model, called the way the
 reasoning chain calls a subtask (`policies.reason`): `pool.generate.remote(model, [prompt], params)`
 per step, `params` = the facts task's step budget, the prompt = a gold first hop as `step_prompt` writes
 it. Arms alternate within each repeat, so a noisy machine slows both alike.
@@ -9,7 +9,10 @@ it. Arms alternate within each repeat, so a noisy machine slows both alike.
 - `pool_batching_speedup`: sequences/s with `n` requests in flight at once over the same `n` sent one
   after another (each waits for the previous), at the config's `pool.batch_window_ms`.
 - `pool_latency`: per-request latency (submit to result, at the driver) at 1, 8 and 32 concurrent
-  requests, at the config's window and at 0 ms.
+  requests, at the config's window and (not `--quick`) at 0 ms.
+
+At the config's window the model is served by the run's shared pool (`common.shared_pool`: the config's
+pool, whose other models idle meanwhile); the 0 ms window gets a pool of that model alone.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import time
 import ray
 
 from actors.pool import ModelPool, pool_models
-from benchmarks.perf.common import PerfContext, latency_summary, ray_up, summary
+from benchmarks.perf.common import PerfContext, latency_summary, ray_up, shared_pool, summary
 from benchmarks.tasks import build_world
 from core.config import Config, PoolModelConfig
 from core.types import SamplingParams
@@ -109,23 +112,22 @@ def latency_by_concurrency(pool, model_id: str, prompts: list[str], params: Samp
 
 
 def measure(ctx: PerfContext) -> dict:
-    ray_up()
     cfg = ctx.cfg
     model = largest_model(cfg)
     prompts, params = subtask_calls(cfg, REQUESTS)
-    repeats = 2 if ctx.quick else 7
-    windows = [cfg.pool.batch_window_ms, 0.0]
-    latency: dict = {"model": model.id, "max_new_tokens": params.max_new_tokens}
-    speedup: dict = {}
-    for w in windows:
-        pool = start_single_pool(cfg, model, w)
+    repeats = 1 if ctx.quick else 7
+    rounds = 1 if ctx.quick else 4
+    pool = shared_pool(ctx)[0]
+    speedup = {"model": model.id, "batch_window_ms": cfg.pool.batch_window_ms, "max_new_tokens": params.max_new_tokens,
+               **batching_speedup(pool, model.id, prompts, params, repeats)}
+    latency: dict = {"model": model.id, "max_new_tokens": params.max_new_tokens,
+                     f"window_{cfg.pool.batch_window_ms:g}ms": latency_by_concurrency(pool, model.id, prompts, params, rounds)}
+    if not ctx.quick:
+        speedup["targets"] = {"ratio": ">= 12", "single_request_p50_s": "<= 0.018"}
+        ray_up()
+        alone = start_single_pool(cfg, model, 0.0)
         try:
-            if w == cfg.pool.batch_window_ms:
-                speedup = {"model": model.id, "batch_window_ms": w, "max_new_tokens": params.max_new_tokens,
-                           **batching_speedup(pool, model.id, prompts, params, repeats)}
-                if not ctx.quick:
-                    speedup["targets"] = {"ratio": ">= 12", "single_request_p50_s": "<= 0.018"}
-            latency[f"window_{w:g}ms"] = latency_by_concurrency(pool, model.id, prompts, params, 1 if ctx.quick else 4)
+            latency["window_0ms"] = latency_by_concurrency(alone, model.id, prompts, params, rounds)
         finally:
-            ray.kill(pool)
+            ray.kill(alone)
     return {"pool_batching_speedup": speedup, "pool_latency": latency}

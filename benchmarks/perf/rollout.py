@@ -1,7 +1,7 @@
 """Rollout scaling: trajectories/s of 2 `RolloutWorker`s over 1, on the same pool and the same queries.
 
-The workers hold the config's SFT router (its run dir's `router/sft`; else the policies training
-starts from, `pipelines.runs.init_dirs`) and run what a training step runs: `rollout(task, queries,
+The workers (`common.shared_workers`, on the run's shared pool) hold the config's SFT router
+(`common.router_dirs`) and run what a training step runs: `rollout(task, queries,
 group_size, "allocator", ...)` per task, the queries split across the workers as the trainer splits
 them. Arms alternate within each repeat; the workers are placed as training places them
 (`train.rollout`), which the result records with the machine's CPU count.
@@ -15,23 +15,11 @@ import time
 
 import ray
 
-from actors.pool import start_pool
-from actors.rollout import RolloutWorker
+from actors.learner import POLICIES
 from actors.weight_sync import WeightRef
-from benchmarks.perf.common import PerfContext, ray_up, summary
+from benchmarks.perf.common import PerfContext, router_dirs, shared_workers, summary
 from benchmarks.tasks import build_world
 from core.config import Config
-from pipelines.runs import init_dirs, router_dir
-
-POLICIES = ("decomposer", "allocator")
-
-
-def router_dirs(cfg: Config) -> tuple[dict[str, str], str]:
-    """The policies the workers sample with, and which they are."""
-    sft = router_dir(cfg, "sft")
-    if all((sft / p / "config.json").exists() for p in POLICIES):
-        return {p: str(sft / p) for p in POLICIES}, str(sft)
-    return {p: str(d) for p, d in init_dirs(cfg).items()}, "initial policies (no SFT router in the run dir)"
 
 
 def step_queries(cfg: Config, per_task: int) -> list[tuple[str, list]]:
@@ -51,43 +39,35 @@ def rollout_wall(workers: list, queries: list[tuple[str, list]], group: int, pub
 
 
 def measure(ctx: PerfContext) -> dict:
-    ray_up()
     cfg = ctx.cfg
-    per_task = 4 if ctx.quick else cfg.train.queries_per_step // len(cfg.tasks.enabled)
+    per_task = 2 if ctx.quick else cfg.train.queries_per_step // len(cfg.tasks.enabled)
     group = 2 if ctx.quick else cfg.train.group_size
     repeats = 1 if ctx.quick else 5
-    dirs, policies = router_dirs(cfg)
-    pool, workers = start_pool(cfg), []
-    try:
-        model_ids = ray.get(pool.model_ids.remote())
-        opts = cfg.train.rollout.options()
-        workers += [RolloutWorker.options(**opts).remote(cfg.model_dump_json(), dirs, pool, model_ids, i)
-                   for i in range(2)]
-        # version 0 is what every worker starts with: no worker loads anything before it samples
-        published = {p: WeightRef(0, None, "") for p in POLICIES}
-        queries = step_queries(cfg, per_task)
-        arms = {1: workers[:1], 2: workers}
-        for ws in arms.values():  # warm-up (and every worker loaded)
-            rollout_wall(ws, queries, group, published)
-        rates: dict[int, list[float]] = {1: [], 2: []}
-        ratio = []
-        for _ in range(repeats):
-            walls = {}
-            for k, ws in arms.items():
-                wall, n = rollout_wall(ws, queries, group, published)
-                walls[k] = wall
-                rates[k].append(n / wall)
-            ratio.append(walls[1] / walls[2])
-        placement = ray.get([w.placement.remote() for w in workers])
-    finally:
-        for actor in [pool, *workers]:
-            ray.kill(actor)
+    workers = shared_workers(ctx, 2)
+    # version 0 is what every worker starts with: no worker loads anything before it samples
+    published = {p: WeightRef(0, None, "") for p in POLICIES}
+    queries = step_queries(cfg, per_task)
+    arms = {1: workers[:1], 2: workers}
+    # warm-up (and every worker loaded): the 2-worker arm runs both workers; quick: that alone
+    for ws in [workers] if ctx.quick else arms.values():
+        rollout_wall(ws, queries, group, published)
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    ratio = []
+    for _ in range(repeats):
+        walls = {}
+        for k, ws in arms.items():
+            wall, n = rollout_wall(ws, queries, group, published)
+            walls[k] = wall
+            rates[k].append(n / wall)
+        ratio.append(walls[1] / walls[2])
+    placement = ray.get([w.placement.remote() for w in workers])
     # one training step's rollouts with 2 workers, for the weight sync's share of a step
     ctx.shared["rollout_step_s"] = len(queries) * per_task * group / statistics.median(rates[2])
     out = {"ratio": summary(ratio), "trajectories_per_s_2w": summary(rates[2]),
            "trajectories_per_s_1w": summary(rates[1]), "trajectories_per_step": len(queries) * per_task * group,
-           "queries": {name: len(exs) for name, exs in queries}, "group_size": group, "policies": policies,
-           "placement": {"rollout_worker": {k: v for k, v in opts.items() if v},
+           "queries": {name: len(exs) for name, exs in queries}, "group_size": group,
+           "policies": router_dirs(cfg)[1],
+           "placement": {"rollout_worker": {k: v for k, v in cfg.train.rollout.options().items() if v},
                          "pool_server": {k: v for k, v in cfg.pool.server.options().items() if v},
                          "machine_cpus": os.cpu_count(), "nodes": sorted({p["node_id"][:8] for p in placement})}}
     if not ctx.quick:
