@@ -7,7 +7,8 @@ per step, `params` = the facts task's step budget, the prompt = a gold first hop
 it. Arms alternate within each repeat, so a noisy machine slows both alike.
 
 - `pool_batching_speedup`: sequences/s with `n` requests in flight at once over the same `n` sent one
-  after another (each waits for the previous), at the config's `pool.batch_window_ms`.
+  after another (each waits for the previous), at the config's `pool.batch_window_ms`; and, as a bound,
+  the `n` prompts in one call over the same sequential arm (`one_call_ratio`).
 - `pool_latency`: per-request latency (submit to result, at the driver) at 1, 8 and 32 concurrent
   requests, at the config's window and (not `--quick`) at 0 ms.
 
@@ -83,21 +84,33 @@ def calls(pool, model_id: str, prompts: list[str], params: SamplingParams, concu
     return time.perf_counter() - start, lat
 
 
+def one_call(pool, model_id: str, prompts: list[str], params: SamplingParams) -> float:
+    """Wall seconds of all the prompts in one pool call (one Ray call each way, one batch)."""
+    start = time.perf_counter()
+    ray.get(pool.generate.remote(model_id, prompts, params))
+    return time.perf_counter() - start
+
+
 def batching_speedup(pool, model_id: str, prompts: list[str], params: SamplingParams, repeats: int) -> dict:
+    """The ratio, and beside it the same prompts as one call (`one_call_ratio`): what batching gives when
+    the requests do not each pay their own Ray calls and arrive at the server spread out by them."""
     n = len(prompts)
-    calls(pool, model_id, prompts, params, n)  # warm-up of both arms
+    calls(pool, model_id, prompts, params, n)  # warm-up of every arm
     calls(pool, model_id, prompts, params, 1)
-    seq_rate, con_rate, ratio, single = [], [], [], []
+    one_call(pool, model_id, prompts, params)
+    seq_rate, con_rate, ratio, one_ratio, single = [], [], [], [], []
     for _ in range(repeats):
         seq_wall, lat = calls(pool, model_id, prompts, params, 1)
         con_wall, _ = calls(pool, model_id, prompts, params, n)
+        one_wall = one_call(pool, model_id, prompts, params)
         seq_rate.append(n / seq_wall)
         con_rate.append(n / con_wall)
         ratio.append(seq_wall / con_wall)
+        one_ratio.append(seq_wall / one_wall)
         single += lat
     return {"ratio": summary(ratio), "concurrent_seq_per_s": summary(con_rate),
-            "sequential_seq_per_s": summary(seq_rate), "single_request_latency_s": latency_summary(single),
-            "requests": n}
+            "sequential_seq_per_s": summary(seq_rate), "one_call_ratio": summary(one_ratio),
+            "single_request_latency_s": latency_summary(single), "requests": n}
 
 
 def latency_by_concurrency(pool, model_id: str, prompts: list[str], params: SamplingParams, rounds: int) -> dict:
