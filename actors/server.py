@@ -13,6 +13,8 @@ from actors.placement import actor_device, where
 from core.storage import ensure_local
 from core.types import Completion, SamplingParams
 
+PROBE_S = 0.001  # how long a lone request waits for a second one before it runs alone
+
 
 @dataclass
 class _Request:
@@ -25,7 +27,7 @@ class ModelServerImpl:
     """Continuous batching (`backend.continuous_batching`, vLLM): each call goes to the backend's
     `agenerate` as it arrives, however many are in flight; the engine schedules new requests into its
     running batch at every step. Micro-batching (hf and the others): requests arriving within
-    `batch_window_ms` of each other (same sampling params) share one batched `generate` call of at most
+    `batch_window_ms` of each other (same sampling params; see `_fill`) share one batched `generate` call of at most
     `max_batch` prompts, one batch at a time (or `backend.concurrent_batches`); the backend runs in a
     thread so the actor keeps accepting requests meanwhile. When some prompts of a batch fail for good
     (an `EndpointError` with per-prompt `outcomes`), each caller gets back its own prompts' outcomes: its
@@ -75,7 +77,7 @@ class ModelServerImpl:
         while True:
             await self._wake.wait()
             if self.window_s:
-                await asyncio.sleep(self.window_s)
+                await self._fill()
             while self.queue:
                 await slots.acquire()
                 params = self.queue[0].params
@@ -86,6 +88,15 @@ class ModelServerImpl:
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
             self._wake.clear()
+
+    async def _fill(self) -> None:
+        """Wait for company before a batch: the batch window, except that a lone request waits only
+        `PROBE_S` and runs at once when nothing joined it meanwhile (a chain's sequential calls)."""
+        if len(self.queue) == 1:
+            await asyncio.sleep(min(PROBE_S, self.window_s))
+            if len(self.queue) == 1:
+                return
+        await asyncio.sleep(self.window_s)
 
     async def _run(self, batch: list[_Request], params: SamplingParams, slots: asyncio.Semaphore) -> None:
         try:

@@ -48,12 +48,16 @@ def main(argv: list[str] | None = None) -> dict:
     ctx = PerfContext(load_config(args.config), args.quick, Path(args.out), console)
     ctx.out.mkdir(parents=True, exist_ok=True)
     results: dict = {"quick": args.quick, "config": args.config, "module_wall_s": {}}
-    for name in args.only or MODULES:
-        console.rule(f"perf: {name}")
-        start = time.perf_counter()
-        results.update(importlib.import_module(f"benchmarks.perf.{name}").measure(ctx))
-        results["module_wall_s"][name] = time.perf_counter() - start
-        (ctx.out / "results.json").write_text(json.dumps(results, indent=2))
+    try:  # in MODULES' order whatever the order of --only: a later module may use what an earlier one measured
+        for name in [m for m in MODULES if m in (args.only or MODULES)]:
+            console.rule(f"perf: {name}")
+            start = time.perf_counter()
+            results.update(importlib.import_module(f"benchmarks.perf.{name}").measure(ctx))
+            results["module_wall_s"][name] = time.perf_counter() - start
+            results["shared_start_s"] = ctx.shared.get("start_s", {})  # within module_wall_s of the first user
+            (ctx.out / "results.json").write_text(json.dumps(results, indent=2))
+    finally:
+        ctx.close()  # the shared pool and rollout workers, and Ray
     table = Table(title="performance (median [min, max] where repeated)")
     table.add_column("figure")
     table.add_column("value", justify="right")

@@ -1,13 +1,19 @@
-"""What every perf benchmark shares: the run context and repeated timing with warm-up."""
+"""What every perf benchmark shares: the run context (with the Ray actors the modules share) and
+repeated timing with warm-up."""
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from actors.learner import POLICIES
 from core.config import Config
+from pipelines.runs import init_dirs, router_dir
 
 
 @dataclass
@@ -16,6 +22,20 @@ class PerfContext:
     quick: bool  # a smoke run: fewest repeats, smallest sizes, no targets
     out: Path  # runs/perf: results.json and any artefacts
     console: object
+    shared: dict = field(default_factory=dict)  # figures one module measures for a later one's (e.g. a step's time)
+    actors: dict = field(default_factory=dict)  # what `shared_pool` / `shared_workers` started, for `close`
+
+    def close(self) -> None:
+        """Kill the shared actors (a pool's servers go with it) and stop the run's Ray session."""
+        if "ray" not in sys.modules:  # no module used Ray
+            return
+        import ray
+
+        for handle in [self.actors.pop("pool", None), *self.actors.pop("workers", [])]:
+            if handle is not None:
+                ray.kill(handle)
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 def summary(samples: list[float]) -> dict:
@@ -33,3 +53,62 @@ def repeat(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
         fn()
         samples.append(time.perf_counter() - start)
     return summary(samples)
+
+
+def latency_summary(samples: list[float]) -> dict:
+    """p50 and p95 (linear interpolation between order statistics) of latencies in seconds, and their count."""
+    p50, p95 = np.percentile(samples, [50, 95])
+    return {"p50": float(p50), "p95": float(p95), "n": len(samples)}
+
+
+def ray_up() -> None:
+    """Ray as every entry point starts it (joined when RAY_ADDRESS is set); idempotent: one session for
+    the run, which the runner stops at the end (`PerfContext.close`)."""
+    from actors.runtime import init_ray  # lazy: only the modules that run actors need Ray
+
+    init_ray()
+
+
+def router_dirs(cfg: Config) -> tuple[dict[str, str], str]:
+    """The router policies rollout workers sample with (the run dir's `router/sft`; else the policies
+    training starts from, `pipelines.runs.init_dirs`), and which they are."""
+    sft = router_dir(cfg, "sft")
+    if all((sft / p / "config.json").exists() for p in POLICIES):
+        return {p: str(sft / p) for p in POLICIES}, str(sft)
+    return {p: str(d) for p, d in init_dirs(cfg).items()}, "initial policies (no SFT router in the run dir)"
+
+
+def shared_pool(ctx: PerfContext) -> tuple[object, list[str]]:
+    """The config's pool (its servers loaded) and its model ids, started once per run: every module that
+    needs a pool uses this one (each server is a process that imports torch: seconds to start)."""
+    import ray
+
+    from actors.pool import start_pool
+
+    if "pool" not in ctx.actors:
+        start = time.perf_counter()
+        ray_up()
+        ctx.actors["pool"] = start_pool(ctx.cfg)
+        ctx.shared.setdefault("start_s", {})["ray_and_pool"] = time.perf_counter() - start
+    pool = ctx.actors["pool"]
+    return pool, ray.get(pool.model_ids.remote())
+
+
+def shared_workers(ctx: PerfContext, n: int) -> list:
+    """`n` rollout workers placed as training places them (`train.rollout`), holding `router_dirs`'
+    policies and sampling on `shared_pool`; started once per run (more when a later module wants more)."""
+    import ray
+
+    from actors.rollout import RolloutWorker
+
+    pool, model_ids = shared_pool(ctx)
+    workers = ctx.actors.setdefault("workers", [])
+    dirs = router_dirs(ctx.cfg)[0]
+    opts = ctx.cfg.train.rollout.options()
+    if len(workers) < n:
+        start = time.perf_counter()
+        workers += [RolloutWorker.options(**opts).remote(ctx.cfg.model_dump_json(), dirs, pool, model_ids, i)
+                    for i in range(len(workers), n)]
+        ray.get([w.placement.remote() for w in workers])  # constructed: policies loaded
+        ctx.shared.setdefault("start_s", {})["rollout_workers"] = time.perf_counter() - start
+    return workers[:n]

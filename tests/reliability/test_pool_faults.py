@@ -26,8 +26,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def config(zoo_config, tmp_path):
-    """configs/test.yaml (+ SMALL) in a run folder of its own, on the shared test zoo; each wave of calls
-    waits `batch_window_ms` at its server, so a fault lands while requests are queued there."""
+    """configs/test.yaml (+ SMALL) in a run folder of its own, on the shared test zoo; a wave of concurrent
+    calls waits `batch_window_ms` at its server once a second request has joined the first (a lone request
+    waits only `actors.server.PROBE_S`), so a fault lands while the rollout's requests are queued there."""
     def make(*overrides: str):
         return load_config(ROOT / "configs" / "test.yaml", [
             f"run_dir={tmp_path / 'run'}", f"zoo.dir={zoo_config.zoo_dir}", *SMALL, *overrides])
