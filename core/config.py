@@ -389,6 +389,16 @@ class LoraConfig(Strict):
                 "target_modules": self.target_modules}
 
 
+class DynamicSamplingConfig(Strict):
+    """DAPO-style dynamic sampling of a GRPO step: groups without reward spread carry no learning signal,
+    so the step samples further rounds of `queries_per_step` fresh queries (deterministic in seed, step
+    and round) until it holds `queries_per_step` groups with spread, or `max_rounds` rounds (the first
+    included) have run; it trains on those groups (fewer when the budget ran out)."""
+
+    enabled: bool = False
+    max_rounds: int = Field(3, ge=1)
+
+
 class TrainConfig(Strict):
     """SFT then alternating GRPO (pipelines.sft, pipelines.train)."""
 
@@ -424,6 +434,10 @@ class TrainConfig(Strict):
     weight_sync: Literal["object_store", "collective"] = "object_store"  # collective: NCCL/gloo broadcast
     sync_backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl with a GPU, else gloo
     sync_timeout_s: float = Field(300.0, gt=0)  # a weight sync that takes longer is an error naming the worker
+    # one-step off-policy overlap: the next step's rollouts (sampled with the weights published before this
+    # step's update, at most one version behind) run while the learner updates on this step's
+    pipelined: bool = False
+    dynamic_sampling: DynamicSamplingConfig = DynamicSamplingConfig()
     checkpoint_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(2, ge=1)  # complete checkpoints kept (older ones are removed)
     cost_ref_queries: int = Field(100, ge=1)

@@ -18,6 +18,7 @@ import shutil
 import time
 import uuid
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -41,6 +42,18 @@ from policies.reward import reward
 
 def phase_of(step: int, every: int) -> str:
     return POLICIES[(step // every) % 2]
+
+
+@dataclass
+class Batch:
+    """Rollouts launched for one step (and sampling round): the calls in flight and the published weights
+    they carry."""
+    step: int
+    phase: str
+    jobs: list[tuple[str, list]]
+    workers: list[int]
+    refs: list
+    published: dict[str, WeightRef]
 
 
 def _mean(xs: list[float]) -> float:
@@ -107,6 +120,7 @@ class Trainer:
             delete_staged(self.ckpt_root)
         self.published = {name: self._publish(name) for name in POLICIES}
         self.stale = set(POLICIES)  # policies the workers do not hold yet (all at start, e.g. after resume)
+        self._inflight: Batch | None = None  # the next step's rollouts (train.pipelined)
         if "cost_ref" not in self.state:
             self.state["cost_ref"] = cost_ref(cfg, self.pool, self.model_ids, self.tasks)
         self.run = self._wandb()
@@ -149,31 +163,43 @@ class Trainer:
                           id=self.state["wandb_id"], resume="allow", job_type="train",
                           config=self.cfg.model_dump())
 
-    def queries(self, step: int) -> list[tuple[str, list]]:
-        """The step's queries, split across tasks and workers (deterministic in seed and step)."""
-        rng = random.Random(self.cfg.train.seed * 1_000_003 + step)
+    def queries(self, step: int, round: int = 0, exclude: set | None = None) -> list[tuple[str, list]]:
+        """The step's queries, split across tasks and workers (deterministic in seed and step); round r > 0
+        of dynamic sampling: further ones (deterministic in seed, step and round), none of `exclude`
+        ((task, example id) pairs)."""
+        rng = random.Random(self.cfg.train.seed * 1_000_003 + step if round == 0
+                            else f"{self.cfg.train.seed}/{step}/{round}")
         per_task = self.cfg.train.queries_per_step // len(self.tasks)
         jobs = []
         for name, train in self.train_sets.items():
-            chosen = rng.sample(train, per_task)
+            pool = [ex for ex in train if (name, ex.id) not in exclude] if exclude else train
+            chosen = rng.sample(pool, min(per_task, len(pool)))
             n = len(self.workers)
             jobs += [(name, chosen[i::n]) for i in range(n) if chosen[i::n]]
         return jobs
 
-    def _rollouts(self, jobs: list[tuple[str, list]], phase: str, step: int) -> tuple[list, int]:
+    def _launch(self, jobs: list[tuple[str, list]], phase: str, step: int, published: dict[str, WeightRef] | None = None,
+                key: int | None = None) -> Batch:
+        """Start the jobs' rollouts with `published` (default: the current weights); `key` seeds the
+        samplers (default: the step)."""
+        g = self.cfg.train.group_size
+        published = dict(self.published if published is None else published)
+        workers = [i % len(self.workers) for i in range(len(jobs))]
+        refs = [self.workers[w].rollout.remote(name, exs, g, phase, step if key is None else key, published)
+                for w, (name, exs) in zip(workers, jobs)]
+        return Batch(step, phase, jobs, workers, refs, published)
+
+    def _collect(self, batch: Batch) -> tuple[list, int]:
         """Every job's trajectories (a job Ray re-ran on a restarted worker included) and how many
         workers had to load stale weights first. A restarted worker leaves the collective weight group,
         so weights then travel through the object store for the rest of the run."""
         g = self.cfg.train.group_size
-        workers = [i % len(self.workers) for i in range(len(jobs))]
-        refs = [self.workers[w].rollout.remote(name, exs, g, phase, step, self.published)
-                for w, (name, exs) in zip(workers, jobs)]
-        results = ray.get(refs)
+        results = ray.get(batch.refs)
         reloads = 0
-        for w, (_, exs), res in zip(workers, jobs, results):
+        for w, (_, exs), res in zip(batch.workers, batch.jobs, results):
             if len(res.trajectories) != len(exs) * g:
                 raise RuntimeError(f"rollout worker {w}: {len(res.trajectories)} trajectories for {len(exs)} queries")
-            check_loaded(self.published, res.weights, f"rollout worker {w}")
+            check_loaded(batch.published, res.weights, f"rollout worker {w}")
             restarted = self.instances[w] not in (None, res.instance)
             self.instances[w] = res.instance
             reloads += bool(res.reloaded)
@@ -184,17 +210,70 @@ class Trainer:
                     self.sync = ObjectStoreSync(self.learner.rank0, self.workers, POLICIES, self.cfg.train.sync_timeout_s)
         return [t for res in results for t in res.trajectories], reloads
 
-    def step(self) -> dict:
+    def _push(self) -> float:
+        """Send the policies the workers do not hold yet (learner -> rollout workers); the seconds it took."""
+        t_sync = self.sync.push(self.published, sorted(self.stale))
+        self.stale = set()
+        return t_sync
+
+    def _rewards(self, trajs: list) -> list[float]:
+        r = self.cfg.reward
+        return [reward(t.correct, t.cost_usd, t.format_ok, r.lam, r.beta, r.cost_ref or self.state["cost_ref"][t.task])
+                for t in trajs]
+
+    def _top_up(self, batch: Batch, trajs: list, rewards: list[float]) -> tuple[list, list, list[int], int, int]:
+        """Dynamic sampling: further rounds of fresh queries, sampled with the batch's weights, until as
+        many groups with reward spread as the first round has groups, or `max_rounds` rounds. Returns every
+        trajectory, their rewards, the indices of the groups kept (those with spread, up to a batch), the
+        rounds run and how many workers had to load weights."""
+        g, ds = self.cfg.train.group_size, self.cfg.train.dynamic_sampling
+        want = len(trajs) // g
+        used = {(name, ex.id) for name, exs in batch.jobs for ex in exs}
+        kept = [i for i in range(want) if has_spread(rewards[i * g:(i + 1) * g])]
+        rounds, reloads = 1, 0
+        while len(kept) < want and rounds < ds.max_rounds:
+            jobs = self.queries(batch.step, rounds, used)
+            if not jobs:  # the train set is used up
+                break
+            used |= {(name, ex.id) for name, exs in jobs for ex in exs}
+            more, n = self._collect(self._launch(jobs, batch.phase, batch.step, batch.published,
+                                                 key=batch.step + rounds * ROUND_KEY))
+            first = len(trajs) // g
+            trajs, rewards, reloads = trajs + more, rewards + self._rewards(more), reloads + n
+            kept += [i for i in range(first, len(trajs) // g) if has_spread(rewards[i * g:(i + 1) * g])]
+            rounds += 1
+        return trajs, rewards, kept[:want], rounds, reloads
+
+    def step(self, overlap_next: bool = False) -> dict:
+        """One GRPO step. `overlap_next` (train.pipelined): launch the next step's rollouts, with the
+        weights published so far, before this step's update, and leave them in flight for the next call."""
         cfg, step = self.cfg, self.state["step"]
         phase = phase_of(step, cfg.train.alternate_every)
-        t_sync = self.sync.push(self.published, sorted(self.stale))  # learner -> rollout workers
-        self.stale = set()
-        start = time.perf_counter()
-        trajs, reloads = self._rollouts(self.queries(step), phase, step)
+        batch, self._inflight = self._inflight, None
+        if batch is None:
+            t_sync = self._push()
+            start = time.perf_counter()
+            batch = self._launch(self.queries(step), phase, step)
+        else:  # launched by the previous step; its weight sync counted there
+            if batch.step != step:
+                raise RuntimeError(f"rollouts of step {batch.step} in flight at step {step}")
+            t_sync, start = 0.0, time.perf_counter()
+        trajs, reloads = self._collect(batch)
+        rewards = self._rewards(trajs)
+        g, sampling = cfg.train.group_size, {}
+        kept = list(range(len(trajs) // g))  # the groups trained on
+        if cfg.train.dynamic_sampling.enabled:
+            trajs, rewards, kept, rounds, more = self._top_up(batch, trajs, rewards)
+            reloads += more
+            sampling = {"sampling_rounds": rounds, "groups_sampled": len(trajs) // g, "groups_kept": len(kept)}
         t_rollout = time.perf_counter() - start
-        rewards = [reward(t.correct, t.cost_usd, t.format_ok, cfg.reward.lam, cfg.reward.beta,
-                          cfg.reward.cost_ref or self.state["cost_ref"][t.task]) for t in trajs]
-        items = training_items(trajs, rewards, cfg.train.group_size, phase)
+        pick = [j for i in kept for j in range(i * g, (i + 1) * g)]
+        items = training_items([trajs[j] for j in pick], [rewards[j] for j in pick], g, phase)
+        if overlap_next:
+            t_sync += self._push()
+            self._inflight = self._launch(self.queries(step + 1), phase_of(step + 1, cfg.train.alternate_every),
+                                          step + 1)
+        versions = {name: ref.version for name, ref in self.published.items()}  # the learner's, before this update
         start = time.perf_counter()
         stats = self.learner.grpo_step(phase, items) if items else {"skipped": 1}
         if items:
@@ -209,13 +288,17 @@ class Trainer:
             "format_ok": sum(t.format_ok for t in trajs) / len(trajs),
             "groups_with_signal": float((groups.std(-1) > 1e-6).float().mean()),
             "items": len(items), "trajectories": len(trajs), "worker_reloads": reloads,
-            **{k: v for k, v in stats.items() if k != "version"},
+            **{k: v for k, v in stats.items() if k != "version"}, **sampling,
             "time_sync_s": t_sync, "time_rollout_s": t_rollout, "time_learner_s": t_learner,
         }
+        if cfg.train.pipelined:  # which weights sampled this step's trajectories, which the learner held
+            metrics["sampled_versions"] = {name: ref.version for name, ref in batch.published.items()}
+            metrics["learner_versions"] = versions
         self.state["step"] = step + 1
         return metrics
 
     def close(self) -> None:
+        self._inflight = None
         for actor in self.workers:
             ray.kill(actor)
         self.learner.kill()
@@ -228,6 +311,8 @@ class Trainer:
         its manifest is written; older ones beyond `train.keep_checkpoints` go, once it is. A folder that
         cannot be written (disk full, a file in its place, ...) is a `CheckpointError` naming it and the
         newest complete checkpoint, which stays as it was."""
+        if self._inflight is not None:  # its rollouts used older weights than the checkpoint holds
+            raise RuntimeError(f"checkpoint at step {self.state['step']} with that step's rollouts in flight")
         ckpt = step_dir(self.ckpt_root, self.state["step"])
         try:
             if ckpt.is_dir():
@@ -248,6 +333,10 @@ class Trainer:
             delete_staged(old)
         return ckpt
 
+    def _checkpoint_due(self, step: int, total: int) -> bool:
+        """Whether `fit` checkpoints once `step` steps are done."""
+        return step % self.cfg.train.checkpoint_every == 0 or step == total
+
     def fit(self, steps: int | None = None, progress=None) -> list[dict]:
         total = self.cfg.train.grpo_steps if steps is None else steps
         self.out.mkdir(parents=True, exist_ok=True)
@@ -255,13 +344,14 @@ class Trainer:
         new = []
         with self.history_path.open("a") as log:
             while self.state["step"] < total:
-                m = self.step()
+                nxt = self.state["step"] + 1  # the pipeline drains before a checkpoint and at the end
+                m = self.step(overlap_next=self.cfg.train.pipelined and nxt < total and not self._checkpoint_due(nxt, total))
                 new.append(m)
                 record_step(log, self.run, m)
                 if progress:
                     progress.update(bar, advance=1, description=(
                         f"grpo {m['phase'][:5]} r={m['reward']:.3f} acc={m['accuracy']:.2f}"))
-                if self.state["step"] % self.cfg.train.checkpoint_every == 0 or self.state["step"] == total:
+                if self._checkpoint_due(self.state["step"], total):
                     self.checkpoint()
         history = [json.loads(line) for line in read_lines(self.history_path)]
         if history:
@@ -270,6 +360,14 @@ class Trainer:
         self.learner.save_pretrained(str(out))
         save_router_meta(self.cfg, out, self.model_ids, "grpo")
         return new
+
+
+ROUND_KEY = 10_000_000  # dynamic sampling round r of step t seeds its samplers with t + r * ROUND_KEY
+
+
+def has_spread(rewards: list[float]) -> bool:
+    """Whether a group's rewards differ (the group carries a learning signal)."""
+    return float(torch.tensor(rewards).std()) > 1e-6
 
 
 def record_step(log, run, m: dict) -> None:

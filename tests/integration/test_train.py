@@ -328,3 +328,82 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_step_for_step(sft_con
             assert (k in got) == (k in want)
             if k in want:
                 assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), (want["step"], k)
+
+
+def test_pipelined_training_samples_one_version_behind_and_resumes_step_for_step(sft_config, zoo_pool):
+    """train.pipelined: step t+1's rollouts run during step t's update, with the weights published before
+    it; the run's records show every sampler at most one version behind the learner (exactly one on the
+    policy the previous step updated), the learner's ratios taken against the sampler's logprobs, and no
+    overlap into a checkpoint: a run resumed from one replays the uninterrupted run."""
+    import shutil
+
+    from rich.console import Console
+
+    from core.checkpoints import step_dir
+    from pipelines.train import Trainer, phase_of
+
+    cfg = with_train(sft_config, pipelined=True, alternate_every=2, checkpoint_every=3, seed=4, rollout_workers=1)
+    first = Trainer(cfg, Console(quiet=True), pool=zoo_pool)
+    history = first.fit(steps=5)  # checkpoints after steps 3 and 5; steps 1, 2 and 4 were launched early
+    first.close()
+    assert [h["step"] for h in history] == list(range(5))
+    overlapped = {1, 2, 4}  # step 3 follows a checkpoint, step 0 has no predecessor
+    for h in history:
+        t = h["step"]
+        lag = {p: h["learner_versions"][p] - h["sampled_versions"][p] for p in h["learner_versions"]}
+        prev = history[t - 1] if t else None
+        want = {p: int(t in overlapped and p == prev["phase"] and prev["items"] > 0) for p in lag}
+        assert lag == want, (t, lag, want)
+        assert all(0 <= v <= 1 for v in lag.values())
+        if h["items"]:  # importance ratios against the sampler: off by the update it missed, else ~1
+            assert (h["sampler_gap"] > 1e-5) if lag[phase_of(t, 2)] else (h["sampler_gap"] < 1e-4), (t, h)
+    assert any(sum(h["learner_versions"][p] - h["sampled_versions"][p] for p in h["learner_versions"])
+               for h in history), "no step sampled with stale weights: nothing overlapped"
+
+    shutil.rmtree(step_dir(first.ckpt_root, 5))  # as if the driver died during step 4, its rollouts launched
+    resumed = Trainer(cfg, Console(quiet=True), resume=True, pool=zoo_pool)
+    assert resumed.state["step"] == 3
+    again = resumed.fit(steps=5)
+    resumed.close()
+    assert [h["step"] for h in again] == [3, 4]
+    for want, got in zip(history[3:], again):
+        assert (got["sampled_versions"], got["learner_versions"]) == (want["sampled_versions"], want["learner_versions"])
+        for k in ("reward", "accuracy", "cost_per_query", "items"):
+            assert got[k] == pytest.approx(want[k], rel=1e-6), (want["step"], k)
+        for k in ("loss", "kl", "sampler_gap"):
+            assert (k in got) == (k in want)
+            if k in want:
+                assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), (want["step"], k)
+
+
+def test_dynamic_sampling_keeps_only_groups_with_signal_within_its_budget(sft_config, zoo_pool):
+    """train.dynamic_sampling: a step samples further rounds of fresh queries until it holds a batch's worth
+    of groups with reward spread or its rounds run out; it trains on those groups alone."""
+    from rich.console import Console
+
+    from core.config import DynamicSamplingConfig
+    from pipelines.train import Trainer
+
+    rounds = 3
+    cfg = with_train(sft_config, dynamic_sampling=DynamicSamplingConfig(enabled=True, max_rounds=rounds),
+                     rollout_workers=1, seed=6)
+    g = cfg.train.group_size
+    trainer = Trainer(cfg, Console(quiet=True), pool=zoo_pool)
+    try:
+        first = trainer.queries(0)
+        used = {(name, ex.id) for name, exs in first for ex in exs}
+        more = trainer.queries(0, 1, used)  # a further round: fresh queries, the same ones each time
+        assert more == trainer.queries(0, 1, used) and not used & {(n, ex.id) for n, exs in more for ex in exs}
+        batch = sum(len(exs) for _, exs in first)  # groups of one round
+        history = trainer.fit(steps=2)
+    finally:
+        trainer.close()
+    assert any(h["sampling_rounds"] > 1 for h in history), "no step needed a further round: change the seed"
+    for h in history:
+        assert 1 <= h["sampling_rounds"] <= rounds
+        assert h["groups_sampled"] == h["sampling_rounds"] * batch and h["trajectories"] == h["groups_sampled"] * g
+        with_signal = round(h["groups_with_signal"] * h["groups_sampled"])
+        assert h["groups_kept"] == min(batch, with_signal)  # every group with spread up to a batch, no other
+        if h["groups_kept"] < batch:  # the budget ran out
+            assert h["sampling_rounds"] == rounds
+        assert (h["items"] > 0) == (h["groups_kept"] > 0)

@@ -1,0 +1,145 @@
+"""GRPO training throughput, three arms of `pipelines.train.Trainer` on the config's world, one pool, the
+same seed, steps and settings, each from the run's SFT router, in its own run folder under `<out>/training/`:
+
+- sync: the synchronous trainer;
+- pipelined: `train.pipelined` (step t+1's rollouts in flight during step t's update);
+- dynamic: `train.dynamic_sampling` (further rounds of queries until a batch of groups with reward spread).
+
+Figures:
+- `pipelined_speedup`: GRPO steps/s pipelined over sync (steps over the time from `fit` to the end of the
+  last step, the final checkpoint and router save left out); `pipelined_reward`: each arm's mean reward
+  over its last alternation cycle (2 x `train.alternate_every` steps; the pipelined arm's rollouts of a
+  step use weights one update older);
+- `pipelined_bound`: the best speedup the sync run's phase times allow. A pipelined step syncs the
+  weights into the samplers (which then sample) while the learner waits for its batch, then overlaps the
+  next rollouts with the update, so its best time is sync + max(rollout, learner):
+  bound = sum(rollout + learner + sync) / sum(sync + max(rollout, learner)) over the sync run's steps;
+  `pipelined_meets_bound`: speedup - 1 >= 0.8 (bound - 1). The arms run one after the other, so on a
+  shared machine a change of load between them shows in the speedup (one above the bound is such noise);
+- `signal_per_second`: groups with reward spread trained on per rollout second, sync and dynamic
+  (`signal_per_step`: per update; `dynamic_rounds_mean`: sampling rounds per step), and
+  `dynamic_reward`: the reward each reached by the same wall time (the sync run's: the dynamic arm's
+  steps done by then).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from actors.runtime import pool_session
+from benchmarks.perf.common import PerfContext
+from core.config import Config, DynamicSamplingConfig
+from pipelines.runs import COST_REF, router_dir
+from pipelines.train import Trainer
+
+# (steps per arm, train settings over the config's) for the CI smoke run and the full measurement
+QUICK = (4, {"queries_per_step": 8, "group_size": 2, "alternate_every": 2, "rollout_workers": 1, "cost_ref_queries": 8})
+FULL = (12, {"alternate_every": 2})
+MAX_ROUNDS = 3
+
+
+class StepClock:
+    """A `progress` for `Trainer.fit` that notes when each step ends."""
+
+    def __init__(self):
+        self.ends: list[float] = []
+
+    def add_task(self, *args, **kwargs) -> int:
+        return 0
+
+    def update(self, *args, **kwargs) -> None:
+        self.ends.append(time.perf_counter())
+
+
+def arm_config(base: Config, run_dir: Path, shared: Path, train: dict) -> Config:
+    """`base` writing to `run_dir`, which gets a copy of base's SFT router and the shared `cost_ref`."""
+    sft = router_dir(base, "sft")
+    if not (sft / "allocator").exists():
+        raise SystemExit(f"no SFT router at {sft}: run `python -m pipelines.sft --config ...` first "
+                         "(the test world's comes with the integration tests' `sft_config` fixture)")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.copytree(sft, run_dir / "router" / "sft")
+    for ref in (shared / COST_REF, base.run_path / COST_REF):  # reused when its basis matches, else recomputed
+        if ref.exists():
+            shutil.copy(ref, run_dir / COST_REF)
+            break
+    return base.model_copy(update={
+        "run_dir": str(run_dir), "zoo": base.zoo.model_copy(update={"dir": str(base.zoo_dir.resolve())}),
+        "wandb": base.wandb.model_copy(update={"mode": "disabled"}),
+        "train": base.train.model_copy(update={"seed": 0, "checkpoint_every": 10**6, **train})})
+
+
+def run_arm(base: Config, out: Path, name: str, pool, steps: int, train: dict) -> tuple[list[dict], list[float]]:
+    """The arm's step records and the seconds from `fit` to the end of each step."""
+    cfg = arm_config(base, out / name, out, train)
+    trainer = Trainer(cfg, Console(quiet=True), pool=pool)
+    try:
+        clock = StepClock()
+        start = time.perf_counter()
+        history = trainer.fit(steps, progress=clock)
+    finally:
+        trainer.close()
+    if (cfg.run_path / COST_REF).exists():
+        shutil.copy(cfg.run_path / COST_REF, out / COST_REF)
+    return history, [t - start for t in clock.ends]
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def pipeline_bound(history: list[dict]) -> float:
+    total = sum(h["time_rollout_s"] + h["time_learner_s"] + h["time_sync_s"] for h in history)
+    return total / sum(h["time_sync_s"] + max(h["time_rollout_s"], h["time_learner_s"]) for h in history)
+
+
+def signal_groups(h: dict, group_size: int) -> int:
+    """Groups with reward spread the step trained on."""
+    if "groups_kept" in h:
+        return h["groups_kept"]
+    return round(h["groups_with_signal"] * h["trajectories"] / group_size)
+
+
+def measure(ctx: PerfContext) -> dict:
+    steps, train = QUICK if ctx.quick else FULL
+    window = 2 * train.get("alternate_every", ctx.cfg.train.alternate_every)
+    out = ctx.out / "training"
+    out.mkdir(parents=True, exist_ok=True)
+    arms = {"sync": {}, "pipelined": {"pipelined": True},
+            "dynamic": {"dynamic_sampling": DynamicSamplingConfig(enabled=True, max_rounds=MAX_ROUNDS)}}
+    runs = {}
+    with pool_session(ctx.cfg) as (pool, _):
+        for name, extra in arms.items():
+            ctx.console.print(f"training arm {name}: {steps} steps")
+            runs[name] = run_arm(ctx.cfg, out, name, pool, steps, {**train, **extra})
+    g = train.get("group_size", ctx.cfg.train.group_size)
+    (sync, t_sync), (pipe, t_pipe), (dyn, t_dyn) = runs["sync"], runs["pipelined"], runs["dynamic"]
+    speedup = t_sync[-1] / t_pipe[-1]  # equal step counts: the ratio of steps/s
+    bound = pipeline_bound(sync)
+    lags = [h["learner_versions"][p] - h["sampled_versions"][p] for h in pipe for p in h["learner_versions"]]
+    by_then = [h for h, t in zip(dyn, t_dyn) if t <= t_sync[-1]] or dyn[:1]  # dynamic steps done in sync's time
+    result = {
+        "pipelined_speedup": speedup,
+        "pipelined_steps_per_s": {"sync": steps / t_sync[-1], "pipelined": steps / t_pipe[-1]},
+        "pipelined_reward": {"sync": mean([h["reward"] for h in sync[-window:]]),
+                             "pipelined": mean([h["reward"] for h in pipe[-window:]])},
+        "pipelined_bound": bound,
+        "pipelined_meets_bound": speedup - 1 >= 0.8 * (bound - 1),
+        "pipelined_max_lag": max(lags),
+        "signal_per_second": {
+            "sync": sum(signal_groups(h, g) for h in sync) / sum(h["time_rollout_s"] for h in sync),
+            "dynamic": sum(signal_groups(h, g) for h in dyn) / sum(h["time_rollout_s"] for h in dyn)},
+        "signal_per_step": {"sync": mean([signal_groups(h, g) for h in sync]),
+                            "dynamic": mean([signal_groups(h, g) for h in dyn])},
+        "dynamic_reward": {"sync": mean([h["reward"] for h in sync[-window:]]),
+                           "dynamic": mean([h["reward"] for h in by_then[-window:]]),
+                           "dynamic_steps": len(by_then), "wall_s": t_sync[-1]},
+        "dynamic_rounds_mean": mean([h["sampling_rounds"] for h in dyn]),
+    }
+    (out / "arms.json").write_text(json.dumps({k: {"history": h, "step_end_s": t} for k, (h, t) in runs.items()},
+                                              indent=2, default=str))
+    return result
