@@ -101,6 +101,22 @@ def _call(c: Completion, cfg: ReasonConfig) -> Call:
                 step_confidence(c.token_logprobs, cfg.alpha, cfg.confidence_without_logprobs))
 
 
+async def generate_by_model(pool, calls: list[tuple[str, str]], params: SamplingParams) -> list[Completion]:
+    """The completion of each (model id, prompt), in order: one pool call per model, carrying all of that
+    model's prompts, so a wave of the chain costs one Ray round trip per model, not one per prompt (the
+    server batches them either way). A call that fails for good raises, as the chain's wave would."""
+    by_model: dict[str, list[int]] = {}
+    for i, (model, _) in enumerate(calls):
+        by_model.setdefault(model, []).append(i)
+    groups = list(by_model.items())
+    results = await asyncio.gather(*(pool.generate.remote(m, [calls[i][1] for i in idx], params) for m, idx in groups))
+    out: list[Completion | None] = [None] * len(calls)
+    for (_, idx), completions in zip(groups, results):
+        for i, c in zip(idx, completions):
+            out[i] = c
+    return out
+
+
 async def areason_batch(examples: list[Example], router: BaseRouter, pool, task: Task, cfg: ReasonConfig,
                         model_ids: list[str], review: bool = True) -> list[Trajectory]:
     """Run the chain on every example. `model_ids` are the pool's models, cheapest tier first."""
@@ -122,9 +138,8 @@ async def areason_batch(examples: list[Example], router: BaseRouter, pool, task:
         tiers = [min(max(a.tier, 0), top) for a in allocs]
         pending = list(range(len(active)))
         for attempt in range(cfg.max_escalations + 1 if review else 1):
-            outs = await asyncio.gather(*(
-                pool.generate.remote(model_ids[tiers[j]], [records[j].prompt], params) for j in pending))
-            for j, [out] in zip(pending, outs):
+            outs = await generate_by_model(pool, [(model_ids[tiers[j]], records[j].prompt) for j in pending], params)
+            for j, out in zip(pending, outs):
                 records[j].calls.append(_call(out, cfg))
             # procedural review: escalate low-confidence steps one tier up
             pending = [j for j in pending if records[j].confidence < cfg.tau and tiers[j] < top]
@@ -138,8 +153,8 @@ async def areason_batch(examples: list[Example], router: BaseRouter, pool, task:
     finals = [(i, task.final_prompt(ex, [s.text for s in t.steps], [s.answer for s in t.steps]))
               for i, (ex, t) in enumerate(zip(examples, trajs))]
     finals = [(i, p) for i, p in finals if p is not None]
-    outs = await asyncio.gather(*(pool.generate.remote(trajs[i].steps[-1].model_id, [p], params) for i, p in finals))
-    for (i, p), [out] in zip(finals, outs):
+    outs = await generate_by_model(pool, [(trajs[i].steps[-1].model_id, p) for i, p in finals], params)
+    for (i, p), out in zip(finals, outs):
         t = trajs[i]
         t.steps.append(StepRecord("final answer", p, AllocateDecision(t.steps[-1].allocation.tier),
                                   [_call(out, cfg)]))
