@@ -23,7 +23,7 @@ import statistics
 import time
 from dataclasses import replace
 
-from benchmarks.perf.common import PerfContext, summary
+from benchmarks.perf.common import PerfContext, shared_pool, summary
 from benchmarks.tasks import Example, build_world
 from core.config import Config
 from pipelines.allocator_grpo import (
@@ -196,7 +196,7 @@ def measure(ctx: PerfContext) -> dict:
     allocator_dir = str(ctx.out / "peer_trl" / "allocator")
     shutil.rmtree(allocator_dir, ignore_errors=True)
     shutil.copytree(sft, allocator_dir)
-    with pool_session(cfg) as (pool, model_ids):
+    with pool_session(cfg, shared_pool(ctx)[0]) as (pool, model_ids):
         tasks = build_world(cfg).tasks
         ref = cost_ref(cfg, pool, model_ids, tasks)
         problems = one_step_problems(tasks, "train", sizes["steps"] * sizes["batch"], cfg.seed)

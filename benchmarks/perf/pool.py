@@ -1,14 +1,16 @@
 """Pool benchmarks: what micro-batching buys one `ModelServer` behind the `ModelPool`, and request latency
 by concurrency and batch window.
 
-Both use the largest zoo model, called the way the
-reasoning chain calls a subtask (`policies.reason`): `pool.generate.remote(model, [prompt], params)`
-per step, `params` = the facts task's step budget, the prompt = a gold first hop as `step_prompt` writes
-it. Arms alternate within each repeat, so a noisy machine slows both alike.
+Both use the largest zoo model, with subtask prompts as the reasoning chain writes them (a gold first hop
+by `step_prompt`, `params` = the facts task's step budget). Arms alternate within each repeat, so a noisy
+machine slows both alike.
 
-- `pool_batching_speedup`: sequences/s with `n` requests in flight at once over the same `n` sent one
-  after another (each waits for the previous), at the config's `pool.batch_window_ms`; and, as a bound,
-  the `n` prompts in one call over the same sequential arm (`one_call_ratio`).
+- `pool_batching_speedup`: sequences/s of `n` subtasks of one wave sent as the chain sends them
+  (`policies.reason.generate_by_model`: one pool call per model carrying the wave's prompts, which the
+  server batches) over the same `n` sent one at a time (each waits for the previous: a chain of one
+  query), at the config's `pool.batch_window_ms`. Beside it, `separate_calls_ratio`: the same `n` as
+  separate requests in flight at once (independent callers, e.g. the HTTP endpoint's clients), which
+  reach the server spread out by their own Ray calls.
 - `pool_latency`: per-request latency (submit to result, at the driver) at 1, 8 and 32 concurrent
   requests, at the config's window and (not `--quick`) at 0 ms.
 
@@ -27,6 +29,7 @@ from benchmarks.perf.common import PerfContext, latency_summary, ray_up, shared_
 from benchmarks.tasks import build_world
 from core.config import Config, PoolModelConfig
 from core.types import SamplingParams
+from policies.reason import generate_by_model
 
 REQUESTS = 32  # the concurrent arm's requests, and the sequential arm's
 CONCURRENCY = (1, 8, 32)
@@ -85,31 +88,30 @@ def calls(pool, model_id: str, prompts: list[str], params: SamplingParams, concu
 
 
 def one_call(pool, model_id: str, prompts: list[str], params: SamplingParams) -> float:
-    """Wall seconds of all the prompts in one pool call (one Ray call each way, one batch)."""
+    """Wall seconds of all the prompts as the chain sends a wave of them to one model."""
     start = time.perf_counter()
-    ray.get(pool.generate.remote(model_id, prompts, params))
+    asyncio.run(generate_by_model(pool, [(model_id, p) for p in prompts], params))
     return time.perf_counter() - start
 
 
 def batching_speedup(pool, model_id: str, prompts: list[str], params: SamplingParams, repeats: int) -> dict:
-    """The ratio, and beside it the same prompts as one call (`one_call_ratio`): what batching gives when
-    the requests do not each pay their own Ray calls and arrive at the server spread out by them."""
+    """The chain's wave over one-at-a-time (`ratio`), and separate concurrent requests over one-at-a-time."""
     n = len(prompts)
     calls(pool, model_id, prompts, params, n)  # warm-up of every arm
     calls(pool, model_id, prompts, params, 1)
     one_call(pool, model_id, prompts, params)
-    seq_rate, con_rate, ratio, one_ratio, single = [], [], [], [], []
+    seq_rate, wave_rate, ratio, separate, single = [], [], [], [], []
     for _ in range(repeats):
         seq_wall, lat = calls(pool, model_id, prompts, params, 1)
+        wave_wall = one_call(pool, model_id, prompts, params)
         con_wall, _ = calls(pool, model_id, prompts, params, n)
-        one_wall = one_call(pool, model_id, prompts, params)
         seq_rate.append(n / seq_wall)
-        con_rate.append(n / con_wall)
-        ratio.append(seq_wall / con_wall)
-        one_ratio.append(seq_wall / one_wall)
+        wave_rate.append(n / wave_wall)
+        ratio.append(seq_wall / wave_wall)
+        separate.append(seq_wall / con_wall)
         single += lat
-    return {"ratio": summary(ratio), "concurrent_seq_per_s": summary(con_rate),
-            "sequential_seq_per_s": summary(seq_rate), "one_call_ratio": summary(one_ratio),
+    return {"ratio": summary(ratio), "wave_seq_per_s": summary(wave_rate),
+            "sequential_seq_per_s": summary(seq_rate), "separate_calls_ratio": summary(separate),
             "single_request_latency_s": latency_summary(single), "requests": n}
 
 

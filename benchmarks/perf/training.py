@@ -31,7 +31,7 @@ from pathlib import Path
 from rich.console import Console
 
 from actors.runtime import pool_session
-from benchmarks.perf.common import PerfContext
+from benchmarks.perf.common import PerfContext, shared_pool
 from core.config import Config, DynamicSamplingConfig
 from pipelines.runs import COST_REF, router_dir
 from pipelines.train import Trainer
@@ -112,7 +112,7 @@ def measure(ctx: PerfContext) -> dict:
     arms = {"sync": {}, "pipelined": {"pipelined": True},
             "dynamic": {"dynamic_sampling": DynamicSamplingConfig(enabled=True, max_rounds=MAX_ROUNDS)}}
     runs = {}
-    with pool_session(ctx.cfg) as (pool, _):
+    with pool_session(ctx.cfg, shared_pool(ctx)[0]) as (pool, _):
         for name, extra in arms.items():
             ctx.console.print(f"training arm {name}: {steps} steps")
             runs[name] = run_arm(ctx.cfg, out, name, pool, steps, {**train, **extra})
