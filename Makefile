@@ -33,6 +33,7 @@ demo: setup
 test: setup
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests --ignore=tests/cluster --ignore=tests/reliability
+	$(PY) -m benchmarks.perf --quick --config configs/test.yaml --out runs/perf-quick  # smoke: every figure runs (no targets)
 	$(PY) -m pytest -q tests/cluster  # starts its own Ray clusters: a process of its own
 	$(PY) -m pytest -q --timeout 600 tests/reliability  # faults injected into real components: a process of its own
 

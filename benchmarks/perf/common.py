@@ -25,15 +25,24 @@ class PerfContext:
     shared: dict = field(default_factory=dict)  # figures one module measures for a later one's (e.g. a step's time)
     actors: dict = field(default_factory=dict)  # what `shared_pool` / `shared_workers` started, for `close`
 
+    def release_workers(self) -> None:
+        """Kill the shared rollout workers: a module that starts a trainer of its own needs their CPUs
+        (on 2 cores, the pool, two workers and a trainer's learner and workers do not all fit)."""
+        if self.actors.get("workers"):
+            import ray
+
+            for handle in self.actors.pop("workers"):
+                ray.kill(handle)
+
     def close(self) -> None:
         """Kill the shared actors (a pool's servers go with it) and stop the run's Ray session."""
         if "ray" not in sys.modules:  # no module used Ray
             return
         import ray
 
-        for handle in [self.actors.pop("pool", None), *self.actors.pop("workers", [])]:
-            if handle is not None:
-                ray.kill(handle)
+        self.release_workers()
+        if "pool" in self.actors:
+            ray.kill(self.actors.pop("pool"))
         if ray.is_initialized():
             ray.shutdown()
 

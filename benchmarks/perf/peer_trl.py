@@ -23,7 +23,7 @@ import statistics
 import time
 from dataclasses import replace
 
-from benchmarks.perf.common import PerfContext, shared_pool, summary
+from benchmarks.perf.common import PerfContext, router_dirs, shared_pool, summary
 from benchmarks.tasks import Example, build_world
 from core.config import Config
 from pipelines.allocator_grpo import (
@@ -34,7 +34,7 @@ from pipelines.allocator_grpo import (
     trajectory_reward,
 )
 from pipelines.labels import PlannedRouter
-from pipelines.runs import cost_ref, router_dir
+from pipelines.runs import cost_ref
 from policies.policy_lm import PolicyLM
 from policies.reason import areason_batch
 from policies.reward import reward
@@ -189,13 +189,12 @@ def measure(ctx: PerfContext) -> dict:
     from actors.runtime import pool_session
 
     cfg, sizes = ctx.cfg, QUICK if ctx.quick else FULL
-    sft = router_dir(cfg, "sft") / "allocator"
-    if not (sft / "config.json").exists():
-        raise FileNotFoundError(f"no SFT allocator at {sft}: run `python -m pipelines.sft --config ...`")
+    sft = router_dirs(cfg)[0]["allocator"]  # the SFT allocator, else the one training starts from
     # both sides start from this copy, whatever a concurrent run writes to its SFT router meanwhile
     allocator_dir = str(ctx.out / "peer_trl" / "allocator")
     shutil.rmtree(allocator_dir, ignore_errors=True)
     shutil.copytree(sft, allocator_dir)
+    ctx.release_workers()  # this module's trainer starts workers of its own
     with pool_session(cfg, shared_pool(ctx)[0]) as (pool, model_ids):
         tasks = build_world(cfg).tasks
         ref = cost_ref(cfg, pool, model_ids, tasks)

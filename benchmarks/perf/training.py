@@ -31,9 +31,9 @@ from pathlib import Path
 from rich.console import Console
 
 from actors.runtime import pool_session
-from benchmarks.perf.common import PerfContext, shared_pool
+from benchmarks.perf.common import PerfContext, router_dirs, shared_pool
 from core.config import Config, DynamicSamplingConfig
-from pipelines.runs import COST_REF, router_dir
+from pipelines.runs import COST_REF
 from pipelines.train import Trainer
 
 # (steps per arm, train settings over the config's) for the CI smoke run and the full measurement
@@ -56,13 +56,11 @@ class StepClock:
 
 
 def arm_config(base: Config, run_dir: Path, shared: Path, train: dict) -> Config:
-    """`base` writing to `run_dir`, which gets a copy of base's SFT router and the shared `cost_ref`."""
-    sft = router_dir(base, "sft")
-    if not (sft / "allocator").exists():
-        raise SystemExit(f"no SFT router at {sft}: run `python -m pipelines.sft --config ...` first "
-                         "(the test world's comes with the integration tests' `sft_config` fixture)")
+    """`base` writing to `run_dir`, which gets a copy of base's SFT router (or, without one, of the policies
+    training starts from: `common.router_dirs`) as the router GRPO starts from, and the shared `cost_ref`."""
     shutil.rmtree(run_dir, ignore_errors=True)
-    shutil.copytree(sft, run_dir / "router" / "sft")
+    for policy, path in router_dirs(base)[0].items():
+        shutil.copytree(path, run_dir / "router" / "sft" / policy)
     for ref in (shared / COST_REF, base.run_path / COST_REF):  # reused when its basis matches, else recomputed
         if ref.exists():
             shutil.copy(ref, run_dir / COST_REF)
@@ -112,6 +110,7 @@ def measure(ctx: PerfContext) -> dict:
     arms = {"sync": {}, "pipelined": {"pipelined": True},
             "dynamic": {"dynamic_sampling": DynamicSamplingConfig(enabled=True, max_rounds=MAX_ROUNDS)}}
     runs = {}
+    ctx.release_workers()  # this module's trainer starts workers of its own
     with pool_session(ctx.cfg, shared_pool(ctx)[0]) as (pool, _):
         for name, extra in arms.items():
             ctx.console.print(f"training arm {name}: {steps} steps")
