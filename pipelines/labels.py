@@ -162,9 +162,11 @@ def select_queries(cfg: Config, train: list[Example], preferred: frozenset[str] 
     whose ids are `preferred` (those with a given decomposition) are drawn first."""
     cap = lambda f: min(cfg.labels.max_per_task, len(train), max(1, round(f * len(train))))  # noqa: E731
     n_dec, n_alloc = cap(cfg.labels.decomposition_fraction), cap(cfg.labels.fraction)
-    order = random.Random(cfg.seed + 7).sample(train, len(train))
-    order.sort(key=lambda ex: ex.id not in preferred)  # stable: the draw's order within each group
-    return order[: max(n_dec, n_alloc)], n_alloc
+    k = max(n_dec, n_alloc)
+    given = [ex for ex in train if ex.id in preferred]
+    chosen = random.Random(cfg.seed + 7).sample(given, min(k, len(given)))
+    rest = [ex for ex in train if ex.id not in preferred]  # without preferred ids: the draw as it always was
+    return chosen + random.Random(cfg.seed + 7).sample(rest, k - len(chosen)), n_alloc
 
 
 def given_decompositions(cfg: Config, task: Task, train: list[Example]) -> tuple[dict[str, list[str]], int]:
