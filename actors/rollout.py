@@ -87,21 +87,29 @@ class RolloutWorkerImpl(WeightGroupMember):
         """Per policy: (version, checksum) of the weights this worker samples with."""
         return {name: (self.version[name], self.checksum[name]) for name in self.policies}
 
-    def ensure_weights(self, published: dict[str, WeightRef]) -> list[str]:
-        """Load every published policy whose version this worker does not hold; returns their names."""
+    async def ensure_weights(self, published: dict[str, WeightRef]) -> list[str]:
+        """Load every published policy whose version this worker does not hold; returns their names. A
+        call that finds another one loaded the version meanwhile loads nothing."""
         stale = [name for name, ref in published.items() if self.version[name] != ref.version]
-        for name in stale:
-            loaded = self.set_weights(name, ray.get(published[name].state), published[name].version)
-            check_loaded(published, {name: loaded}, f"rollout worker {self.instance}")
-        return stale
+        states = await asyncio.gather(*(published[name].state for name in stale))
+        loaded = []
+        for name, state in zip(stale, states):
+            if self.version[name] != published[name].version:
+                check_loaded(published, {name: self.set_weights(name, state, published[name].version)},
+                             f"rollout worker {self.instance}")
+                loaded.append(name)
+        return loaded
 
-    def rollout(self, task_name: str, examples: list, group_size: int, phase: str, step: int,
-                published: dict[str, WeightRef]) -> RolloutResult:
+    async def rollout(self, task_name: str, examples: list, group_size: int, phase: str, step: int,
+                      published: dict[str, WeightRef]) -> RolloutResult:
         """G samples per example (consecutive in the result). The trained policy of `phase` samples at
         the training temperature; the frozen one decodes greedily, as it will when deployed, so a
         group's reward spread comes from the trained policy's choices alone. A worker without a
-        decomposer runs each example's gold decomposition (one-step allocation: one gold step each)."""
-        reloaded = self.ensure_weights(published)
+        decomposer runs each example's gold decomposition (one-step allocation: one gold step each).
+        Calls run concurrently (an async actor): a step's jobs of several tasks on one worker interleave
+        their pool calls; each call samples with its own seeded router, so results do not depend on the
+        interleaving."""
+        reloaded = await self.ensure_weights(published)
         t = self.cfg.train.temperature
         router = PolicyRouter(
             self.policies.get("decomposer"), self.policies["allocator"], self.model_ids,
@@ -109,8 +117,7 @@ class RolloutWorkerImpl(WeightGroupMember):
             max_steps=self.cfg.reason.max_steps, max_tokens=self.cfg.reason.decompose_max_tokens,
             seed=self.seed * 100_003 + step, label="policy", decompose_temperature=t if phase == "decomposer" else 0.0)
         reps = [ex for ex in examples for _ in range(group_size)]
-        trajs = asyncio.run(areason_batch(reps, router, self.pool, self.tasks[task_name], self.cfg.reason,
-                                          self.model_ids))
+        trajs = await areason_batch(reps, router, self.pool, self.tasks[task_name], self.cfg.reason, self.model_ids)
         return RolloutResult(trajs, self.weights_report(), self.instance, reloaded)
 
 

@@ -130,6 +130,14 @@ class PolicyLM:
             pos = pos[:, -1:] + 1
         return [decode_sample(self.tokenizer, ids_, lps) for ids_, lps in zip(out_ids, out_lp)]
 
+    def next_token_logprobs(self, prompts: list[str]) -> torch.Tensor:
+        """Differentiable [len(prompts), vocab] log-probabilities of the token after each prompt."""
+        enc = self.encode(prompts)
+        pos = (enc.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        with positions.reading(self.model, enc.attention_mask.sum(-1)):
+            logits = self.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, position_ids=pos).logits
+        return logits[:, -1, :].float().log_softmax(-1)  # prompts are left-padded: the last position is theirs
+
     def token_logprobs(self, prompts: list[str], completions: list[list[int]],
                        temperature: float = 1.0, allowed: list[list[int]] | None = None) -> list[torch.Tensor]:
         """Differentiable logprobs of the given completion tokens after each prompt (the quantity the

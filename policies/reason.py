@@ -8,9 +8,8 @@ batched and the pool's servers micro-batch the concurrent calls of a wave.
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import asdict, dataclass, field
-
-import numpy as np
 
 from benchmarks.tasks.base import Example, Task, render_step
 from core.config import ReasonConfig
@@ -22,8 +21,12 @@ def step_confidence(logprobs: list[float], alpha: float, without_logprobs: float
     """The alpha-quantile of a step's token probabilities. Tokens without a log-prob (NaN: the server
     gave none for them) are left out; when no token has one (a server that gives no log-probs), the
     confidence is `without_logprobs` (ReasonConfig.confidence_without_logprobs)."""
-    known = [x for x in logprobs if not np.isnan(x)]
-    return float(np.quantile(np.exp(known), alpha)) if known else without_logprobs
+    probs = sorted(math.exp(x) for x in logprobs if not math.isnan(x))
+    if not probs:
+        return without_logprobs
+    h = (len(probs) - 1) * alpha  # numpy's default (linear) quantile, without numpy's per-call overhead
+    lo = math.floor(h)
+    return probs[lo] + (h - lo) * (probs[min(lo + 1, len(probs) - 1)] - probs[lo])
 
 
 @dataclass
@@ -120,6 +123,8 @@ async def generate_by_model(pool, calls: list[tuple[str, str]], params: Sampling
 async def areason_batch(examples: list[Example], router: BaseRouter, pool, task: Task, cfg: ReasonConfig,
                         model_ids: list[str], review: bool = True) -> list[Trajectory]:
     """Run the chain on every example. `model_ids` are the pool's models, cheapest tier first."""
+    if not examples:
+        return []
     decisions = router.decompose(examples, task)
     trajs = [Trajectory(ex.id, ex.task, ex.query, ex.answer, router.name, router.decomposer_name, d)
              for ex, d in zip(examples, decisions)]

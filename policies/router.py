@@ -200,12 +200,18 @@ class ActionSpace:
                          allowed=self.decompose_vocab(prompts, lm.tokenizer), generator=generator)
 
     def tier_logprobs(self, lm: PolicyLM, prompts: list[str], n_tiers: int, temperature: float) -> torch.Tensor:
-        """[len(prompts), n_tiers] log-softmax over the tiers' candidate scores (differentiable)."""
+        """[len(prompts), n_tiers] log-softmax over the tiers' candidate scores (differentiable). Each
+        distinct prompt runs once (a GRPO group repeats its prompts); candidates of one token each are
+        scored from one forward of the prompt, longer ones from a forward of prompt + candidate each."""
         cands = self.templates.candidates(self.model_ids[:n_tiers], lm.tokenizer)
-        flat_prompts = [p for p in prompts for _ in cands]
-        flat_cands = [c for _ in prompts for c in cands]
-        lps = lm.token_logprobs(flat_prompts, flat_cands)
-        scores = torch.stack([lp.sum() for lp in lps]).view(len(prompts), len(cands))
+        distinct = list(dict.fromkeys(prompts))
+        if all(len(c) == 1 for c in cands):
+            scores = lm.next_token_logprobs(distinct)[:, [c[0] for c in cands]]
+        else:
+            lps = lm.token_logprobs([p for p in distinct for _ in cands], [c for _ in distinct for c in cands])
+            scores = torch.stack([lp.sum() for lp in lps]).view(len(distinct), len(cands))
+        row = {p: i for i, p in enumerate(distinct)}
+        scores = scores[[row[p] for p in prompts]]
         t = effective_temperature(temperature)
         return (scores / t if t > 0 else scores).log_softmax(-1)
 
@@ -229,6 +235,7 @@ class PolicyRouter(BaseRouter):
         self.decomposer_name = label if decomposer is not None else "gold"
         self._gold = GoldDecomposition()
         self.cost_penalty: torch.Tensor | None = None  # per tier, subtracted from the allocator's log-probs
+        self._token_counts: dict[str, int] = {}
 
     def with_cost_penalty(self, lam: float, prices: list[float]) -> PolicyRouter:
         """This router (sharing its policies) whose allocator picks argmax_m [log pi(m | step) - lam * c_m],
@@ -243,11 +250,16 @@ class PolicyRouter(BaseRouter):
         """The router's own tokens for one query: the decomposer's prompt and generated tokens, and the
         allocator's prompt plus every tier's candidate tokens (it scores them; it generates nothing)."""
         usage = self.decomposition_usage(decision)
-        tok = self.allocator.tokenizer
-        cands = sum(len(c) for c in self.actions.templates.candidates(self.model_ids, tok))
-        usage["allocator"] = {"prompt_tokens": sum(len(tok(p).input_ids) + cands for p in allocation_prompts),
+        cands = sum(len(c) for c in self.actions.templates.candidates(self.model_ids, self.allocator.tokenizer))
+        usage["allocator"] = {"prompt_tokens": sum(self._prompt_tokens(p) + cands for p in allocation_prompts),
                               "completion_tokens": 0}
         return usage
+
+    def _prompt_tokens(self, prompt: str) -> int:
+        """The allocator's token count of `prompt` (counted once: a GRPO group repeats its prompts)."""
+        if prompt not in self._token_counts:
+            self._token_counts[prompt] = len(self.allocator.tokenizer(prompt).input_ids)
+        return self._token_counts[prompt]
 
     def decomposition_usage(self, decision: DecomposeDecision) -> dict[str, dict[str, int]]:
         if self.decomposer is None or not decision.calls:

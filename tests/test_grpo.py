@@ -63,3 +63,29 @@ def test_reward_formula_and_padding():
         reward(1, 1, True, 0.5, 0.1, 0.0)
     out, mask = pad_sequences([torch.tensor([1.0, 2.0]), torch.tensor([3.0])])
     assert out.tolist() == [[1.0, 2.0], [3.0, 0.0]] and mask.tolist() == [[1, 1], [1, 0]]
+
+
+def test_tier_logprobs_one_forward_per_distinct_prompt_equals_scoring_each_candidate():
+    """The allocator's tier distribution from one forward per distinct prompt (single-token candidates)
+    equals scoring each prompt + candidate sequence on its own, values and gradients, duplicates included."""
+    from policies.policy_lm import PolicyLM
+    from policies.router import MODEL_SLOTS, ActionSpace
+    from policies.tiny_lm import ROUTER_WORDS, build_model, build_tokenizer
+
+    tok = build_tokenizer([*ROUTER_WORDS, *MODEL_SLOTS, "jump", "walk", "twice", "of", "x"])
+    lm = PolicyLM(build_model(tok, hidden=16, layers=1, heads=2, intermediate=32, seed=3), tok)
+    ids = ["a", "b", "c", "d"]
+    actions = ActionSpace("tiny", ids)
+    prompts = [actions.templates.allocate_prompt(s, ids, tok) for s in ["jump twice", "walk", "jump twice", "x of x"]]
+    fast = actions.tier_logprobs(lm, prompts, len(ids), temperature=0.7)
+    fast[0, 1].backward()
+    grad_fast = [p.grad.clone() for p in lm.model.parameters()]
+    lm.model.zero_grad()
+    cands = actions.templates.candidates(ids, tok)
+    lps = lm.token_logprobs([p for p in prompts for _ in cands], [c for _ in prompts for c in cands])
+    slow = (torch.stack([lp.sum() for lp in lps]).view(len(prompts), len(cands)) / 0.7).log_softmax(-1)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    assert torch.equal(fast[0], fast[2])  # the repeated prompt
+    slow[0, 1].backward()
+    for a, b in zip(grad_fast, (p.grad for p in lm.model.parameters())):
+        assert torch.allclose(a, b, atol=1e-5)
