@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 import time
 
-import ray
 from rich.progress import Progress
 
+from actors.runtime import pool_session
 from benchmarks.report import markdown_table, shape_table
 from core.config import Config, config_from_args, config_parser
 from core.console import console as make_console
@@ -54,28 +54,28 @@ def run_demo(cfg: Config, limit: int | None, console) -> dict:
     console.print(f"card: {cfg.zoo_dir / CARD}")
     done("zoo")
 
-    stage("labels+sft", "2. SFT labels on the pool, then SFT of decomposer and allocator")
-    for stale in (labels_path(cfg).parent, run_dir / "router", run_dir / "train", run_dir / COST_REF):
-        delete_staged(stale)  # each run of the main job trains afresh
-    sft_dir = run_sft_stage(cfg, console)
-    done("labels+sft")
-    ray.shutdown()
+    with pool_session(cfg) as (pool, _):  # one pool for labels, SFT, every GRPO seed and the evaluation
+        stage("labels+sft", "2. SFT labels on the pool, then SFT of decomposer and allocator")
+        for stale in (labels_path(cfg).parent, run_dir / "router", run_dir / "train", run_dir / COST_REF):
+            delete_staged(stale)  # each run of the main job trains afresh
+        sft_dir = run_sft_stage(cfg, console, pool)
+        done("labels+sft")
 
-    stage("grpo", "3. alternating GRPO (Ray rollout workers, DeepSpeed learner)")
-    routers = {"r2-sft": str(sft_dir)}
-    for seed in cfg.train.demo_seeds:
-        seeded = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
-        trainer = Trainer(seeded, console)
-        with Progress(console=console) as progress:
-            trainer.fit(progress=progress)
-        trainer.close()
-        routers["r2" + seeded.train.suffix] = str(router_dir(cfg, "grpo" + seeded.train.suffix))
-    done("grpo")
+        stage("grpo", "3. alternating GRPO (Ray rollout workers, DeepSpeed learner)")
+        routers = {"r2-sft": str(sft_dir)}
+        for seed in cfg.train.demo_seeds:
+            seeded = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
+            trainer = Trainer(seeded, console, pool=pool)
+            with Progress(console=console) as progress:
+                trainer.fit(progress=progress)
+            trainer.close()
+            routers["r2" + seeded.train.suffix] = str(router_dir(cfg, "grpo" + seeded.train.suffix))
+        done("grpo")
 
-    stage("evaluate", "4. evaluation: R2 (after SFT and after GRPO) and every baseline")
-    out = run_dir / "eval"
-    results = evaluate(cfg, cfg.eval.methods, limit or cfg.eval.limit, out, console, routers)
-    done("evaluate")
+        stage("evaluate", "4. evaluation: R2 (after SFT and after GRPO) and every baseline")
+        out = run_dir / "eval"
+        results = evaluate(cfg, cfg.eval.methods, limit or cfg.eval.limit, out, console, routers, pool)
+        done("evaluate")
     console.print(markdown_table(results), markup=False)
     if results.get("generalisation"):
         console.print(shape_table(results["generalisation"]), markup=False)

@@ -162,8 +162,9 @@ def best_single(router: str, methods: dict[str, dict]) -> dict:
 
 
 def evaluate(cfg: Config, method_names: list[str], limit: int, out_dir: Path, console,
-             router_dirs: dict[str, str] | None = None) -> dict:
-    with pool_session(cfg) as (pool, model_ids):
+             router_dirs: dict[str, str] | None = None, pool=None) -> dict:
+    """`pool`: a running pool of the config's models to use (else one is started for the evaluation)."""
+    with pool_session(cfg, pool) as (pool, model_ids):
         return _evaluate(cfg, pool, model_ids, method_names, limit, out_dir, console, router_dirs)
 
 

@@ -29,9 +29,19 @@ def decode_sample(tokenizer, token_ids: list[int], logprobs: list[float]) -> Sam
                   list(token_ids), list(logprobs))
 
 
+PROMPT_CACHE = 200_000  # prompts whose token ids a PolicyLM remembers (then it starts afresh)
+
+
+@dataclass
+class Encoded:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
 class PolicyLM:
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
+        self._token_ids: dict[str, list[int]] = {}
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -70,8 +80,24 @@ class PolicyLM:
     def eos_id(self) -> int:
         return self.tokenizer.eos_token_id
 
-    def encode(self, prompts: list[str]) -> dict:
-        return self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+    def encode(self, prompts: list[str]) -> Encoded:
+        """The prompts' token ids, left-padded, and their attention mask (as the tokenizer pads a batch).
+        Each prompt is tokenized once and remembered: training and sampling read the same prompts again
+        (every SFT epoch, every sample of a GRPO group)."""
+        cache = self._token_ids
+        missing = [p for p in dict.fromkeys(prompts) if p not in cache]
+        if missing:
+            if len(cache) + len(missing) > PROMPT_CACHE:
+                cache.clear()
+            cache.update(zip(missing, self.tokenizer(missing).input_ids))
+        rows = [cache[p] for p in prompts]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+        return Encoded(ids.to(self.device), mask.to(self.device))
 
     def _mask(self, allowed: list[list[int]] | None, n: int, vocab: int) -> torch.Tensor | None:
         """Additive logit mask [n, vocab]: 0 for each row's allowed ids, -inf elsewhere."""

@@ -79,3 +79,19 @@ def test_steps_update_the_allocator_and_the_workers_load_it(grpo):
     start = PolicyLM.from_pretrained(init, device="cpu").model.state_dict()
     now = g.allocator(init).model.state_dict()
     assert any(not torch.equal(start[k], now[k]) for k in start) == (updates > 0)
+
+
+@pytest.mark.integration
+def test_pipelined_steps_sample_with_the_weights_one_update_old(grpo):
+    """train.pipelined: batch k+1's rollouts start before update k, so they carry the version before it."""
+    g, _, probs = grpo
+    sync, g.cfg = g.cfg, g.cfg.model_copy(update={"train": g.cfg.train.model_copy(update={"pipelined": True})})
+    start = g.published["allocator"].version
+    try:
+        history = list(g.train([probs[0:4], probs[4:8], probs[8:12]]))
+    finally:
+        g.cfg = sync
+    updates = [h["items"] > 0 for h in history]
+    assert history[0]["sampled_version"] == start
+    assert [h["sampled_version"] for h in history[1:]] == [start + sum(updates[:k]) for k in range(2)]
+    assert g.published["allocator"].version == start + sum(updates)

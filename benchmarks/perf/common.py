@@ -64,6 +64,33 @@ def repeat(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
     return summary(samples)
 
 
+class CpuMeter:
+    """The machine's busy CPU time over the `with` blocks it measures (every process: the pool's servers,
+    the workers, Ray and the driver), summed over blocks: core-seconds, and busy cores on average."""
+
+    def __init__(self):
+        self.busy_s = self.wall_s = 0.0
+
+    @staticmethod
+    def _busy() -> float:
+        import psutil
+
+        t = psutil.cpu_times()  # seconds summed over the cores (guest time is already in user)
+        return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+    def __enter__(self) -> CpuMeter:
+        self._start = (self._busy(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.busy_s += self._busy() - self._start[0]
+        self.wall_s += time.perf_counter() - self._start[1]
+
+    @property
+    def cores(self) -> float:
+        return self.busy_s / self.wall_s if self.wall_s else 0.0
+
+
 def latency_summary(samples: list[float]) -> dict:
     """p50 and p95 (linear interpolation between order statistics) of latencies in seconds, and their count."""
     p50, p95 = np.percentile(samples, [50, 95])

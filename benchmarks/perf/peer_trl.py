@@ -170,16 +170,20 @@ def run_trl(cfg: Config, pool, model_ids: list[str], tasks: dict, allocator_dir:
 
 
 def run_ours(cfg: Config, pool, model_ids: list[str], allocator_dir: str, problems: list, sizes: dict,
-             cost_ref_: dict[str, float]) -> dict:
+             cost_ref_: dict[str, float], pipelined: bool = False) -> dict:
+    """Our `AllocatorGRPO` on the problems (`pipelined`: each step's update overlaps the next step's
+    rollouts, `train.pipelined`): per-step seconds (from one step's end to the next's), history, set-up."""
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"pipelined": pipelined})})
     start = time.perf_counter()
     grpo = AllocatorGRPO(cfg, pool, model_ids, allocator_dir, cost_ref_)
     try:
         setup_s = time.perf_counter() - start
-        step_s, history = [], []
-        for k in range(sizes["steps"]):
-            t = time.perf_counter()
-            history.append(grpo.step(problems[k * sizes["batch"]: (k + 1) * sizes["batch"]]))
+        batches = [problems[k * sizes["batch"]: (k + 1) * sizes["batch"]] for k in range(sizes["steps"])]
+        step_s, history, t = [], [], time.perf_counter()
+        for stats in grpo.train(batches):
+            history.append(stats)
             step_s.append(time.perf_counter() - t)
+            t = time.perf_counter()
         return {"step_s": step_s, "history": history, "setup_s": setup_s, "lm": grpo.allocator(allocator_dir)}
     finally:
         grpo.close()
@@ -209,9 +213,12 @@ def measure(ctx: PerfContext) -> dict:
                           f"held-out reward before training {before:.4f}")
         ours = run_ours(cfg, pool, model_ids, allocator_dir, problems, sizes, ref)
         ours_reward = score(ours["lm"])
+        piped = run_ours(cfg, pool, model_ids, allocator_dir, problems, sizes, ref, pipelined=True)
+        piped_reward = score(piped["lm"])
         trl = run_trl(cfg, pool, model_ids, tasks, allocator_dir, problems, sizes, ref, str(ctx.out / "peer_trl"))
         trl_reward = score(trl["lm"])
     ours_s, trl_s = statistics.median(ours["step_s"]), statistics.median(trl["step_s"])
+    piped_s = statistics.median(piped["step_s"])
     train = cfg.train
     facts = {"max_tokens": max(len(c) for c in ActionSpace(cfg.router.templates, model_ids).templates.candidates(
                  model_ids, trl["lm"].tokenizer)),
@@ -222,7 +229,11 @@ def measure(ctx: PerfContext) -> dict:
              "workers": train.rollout_workers, "threads": trl["threads"], "n_eval": len(held_out)}
     return {
         "peer_trl_ratio": ours_s / trl_s,
+        # the same, our trainer with train.pipelined (one step off-policy; TRL's trainer is synchronous)
+        "peer_trl_ratio_pipelined": piped_s / trl_s,
         "peer_trl": {
+            "pipelined_s_per_step": piped_s, "pipelined_reward": piped_reward,
+            "pipelined_train_reward": [h["reward"] for h in piped["history"]],
             "ours_s_per_step": ours_s, "trl_s_per_step": trl_s,
             "ours_reward": ours_reward, "trl_reward": trl_reward, "reward_before": before,
             "steps": sizes["steps"], "G": train.group_size, "batch": sizes["batch"],
