@@ -73,10 +73,10 @@ class TokenStream:
 
 
 def _task_settings(cfg: Config) -> dict:
-    """The task settings in the cache key (`enabled` only where it differs from the default, so zoos
-    trained before that field existed keep their keys)."""
-    default = type(cfg.tasks).model_fields["enabled"].default
-    return cfg.tasks.model_dump(exclude=set() if cfg.tasks.enabled != default else {"enabled"})
+    """The task settings in the cache key: those of the tasks the zoo trains on (a section of a task that
+    is not enabled, or a task added to the schema, leaves trained zoos valid)."""
+    dump = cfg.tasks.model_dump()
+    return {"enabled": cfg.tasks.enabled, **{name: dump[name] for name in cfg.tasks.enabled if name in dump}}
 
 
 def model_key(cfg: Config, m: ZooModelConfig) -> str:

@@ -124,3 +124,13 @@ def test_smollm_bench_config():
 def test_smollm_bench_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(CONFIGS / "smollm-bench.yaml", [override])
+
+
+def test_zoo_key_ignores_the_sections_of_tasks_it_does_not_train_on():
+    from actors.zoo import model_key
+
+    tiny = load_config("configs/tiny.yaml")
+    other = load_config("configs/tiny.yaml", ["tasks.musique.path=elsewhere.jsonl"])
+    changed = load_config("configs/tiny.yaml", ["tasks.facts.zipf=0.7"])
+    m = tiny.zoo.models[0]
+    assert model_key(other, m) == model_key(tiny, m) != model_key(changed, m)

@@ -1,5 +1,7 @@
 """`peer_trl_ratio`: the same GRPO problem trained by our pipeline and by TRL's `GRPOTrainer` (PyPI `trl`,
-CPU); wall seconds per optimiser step, ours over TRL's (target <= 1.0 at an equal or better reward).
+CPU); wall seconds per optimiser step, ours over TRL's (target <= 1.0 at an equal or better reward), and
+`peer_trl_ratio_pipelined`: the same with our trainer's `train.pipelined` (each step's rollouts overlap the
+previous update; TRL's trainer is synchronous).
 
 The problem is one-step allocation, the RLlib baseline's environment: each train subtask alone
 (`pipelines.subtask_table.subtasks`), the allocator (the run's SFT allocator, an HF Llama folder) picks a
@@ -40,6 +42,9 @@ from policies.reason import areason_batch
 from policies.reward import reward
 from policies.router import ActionSpace
 
+# our rollout workers: one, as TRL's one process; on 2 cores a second worker adds CPU per trajectory (more,
+# smaller pool calls and policy forwards) and lowers throughput (the suite's `rollout_2w_speedup`)
+WORKERS = 1
 QUICK = {"steps": 2, "batch": 2, "eval": 8}
 FULL = {"steps": 24, "batch": 16, "eval": 96}
 
@@ -68,10 +73,10 @@ DIFFERENCES = [
     "optimiser: both torch AdamW (betas 0.9/0.999, eps 1e-8, weight decay {wd}), lr {lr} constant, gradient "
     "clipping 1.0, fp32; ours inside a DeepSpeed engine (ZeRO stage {zero}, 1 rank), TRL inside the HF Trainer "
     "(optim adamw_torch, no warm-up, gradient checkpointing off, bf16 off)",
-    "processes: ours {workers} rollout workers (Ray actors, 1 torch thread each) sample and call the pool, a "
+    "processes: ours {workers} rollout worker(s) (Ray actors, 1 torch thread each) sample and call the pool, a "
     "learner actor steps, and the new weights go through the object store to the workers every step; TRL does "
     "all in this driver process ({threads} torch threads), with no weight sync",
-    "sampling cost: ours scores the {tiers} candidates in one forward per prompt (no generation); TRL runs "
+    "sampling cost: ours scores the {tiers} candidates in one forward per distinct prompt (no generation); TRL runs "
     "model.generate per completion and a reference-model forward at generation (ours computes the reference's "
     "log-probabilities in the learner's step)",
     "pool calls: the same chain (policies.reason.areason_batch, no review) on the same pool; ours from the rollout "
@@ -173,7 +178,8 @@ def run_ours(cfg: Config, pool, model_ids: list[str], allocator_dir: str, proble
              cost_ref_: dict[str, float], pipelined: bool = False) -> dict:
     """Our `AllocatorGRPO` on the problems (`pipelined`: each step's update overlaps the next step's
     rollouts, `train.pipelined`): per-step seconds (from one step's end to the next's), history, set-up."""
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"pipelined": pipelined})})
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"pipelined": pipelined,
+                                                                       "rollout_workers": WORKERS})})
     start = time.perf_counter()
     grpo = AllocatorGRPO(cfg, pool, model_ids, allocator_dir, cost_ref_)
     try:
@@ -226,7 +232,7 @@ def measure(ctx: PerfContext) -> dict:
              "beta": cfg.reward.beta, "tiers": len(model_ids), "kl": train.kl_coef,
              "ours_skipped": sum("skipped" in h for h in ours["history"]), "steps": sizes["steps"],
              "clip": train.clip, "wd": train.weight_decay, "lr": train.grpo_lr, "zero": train.zero_stage,
-             "workers": train.rollout_workers, "threads": trl["threads"], "n_eval": len(held_out)}
+             "workers": WORKERS, "threads": trl["threads"], "n_eval": len(held_out)}
     return {
         "peer_trl_ratio": ours_s / trl_s,
         # the same, our trainer with train.pipelined (one step off-policy; TRL's trainer is synchronous)
