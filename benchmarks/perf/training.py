@@ -7,7 +7,9 @@ same seed, steps and settings, each from the run's SFT router, in its own run fo
 
 Figures:
 - `pipelined_speedup`: GRPO steps/s pipelined over sync (steps over the time from `fit` to the end of the
-  last step, the final checkpoint and router save left out); `pipelined_reward`: each arm's mean reward
+  last step, the final checkpoint and router save left out), the median over `PAIRS` pairs of runs (a
+  step's rollouts vary by tens of percent from run to run, about the size of the possible gain);
+  `pipelined_reward`: each arm's mean reward
   over its last alternation cycle (2 x `train.alternate_every` steps; the pipelined arm's rollouts of a
   step use weights one update older);
 - `pipelined_bound`: the best speedup the sync run's phase times allow. A pipelined step syncs the
@@ -16,8 +18,8 @@ Figures:
   bound = sum(rollout + learner + sync) / sum(sync + max(rollout, learner)) over the sync run's steps;
   `pipelined_meets_bound`: speedup - 1 >= 0.8 (bound - 1). Overlap only fills idle cores, so the sync
   arm's average busy cores B (every process of the machine) give a second bound, `pipelined_cpu_bound` =
-  cores / B; `pipelined_meets_cpu_bound` checks against the smaller of the two. The arms run one after the other, so on a
-  shared machine a change of load between them shows in the speedup (one above the bound is such noise);
+  cores / B; `pipelined_meets_cpu_bound` checks against the smaller of the two. A change of the machine's
+  load between arms shows in the speedup (one above the bound is such noise);
 - `signal_per_second`: groups with reward spread trained on per rollout second, sync and dynamic
   (`signal_per_step`: per update; `dynamic_rounds_mean`: sampling rounds per step), and
   `dynamic_reward`: the reward each reached by the same wall time (the sync run's: the dynamic arm's
@@ -28,13 +30,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 
 from rich.console import Console
 
 from actors.runtime import pool_session
-from benchmarks.perf.common import CpuMeter, PerfContext, router_dirs, shared_pool
+from benchmarks.perf.common import CpuMeter, PerfContext, router_dirs, shared_pool, summary
 from core.config import Config, DynamicSamplingConfig
 from pipelines.runs import COST_REF
 from pipelines.train import Trainer
@@ -43,6 +46,7 @@ from pipelines.train import Trainer
 QUICK = (4, {"queries_per_step": 8, "group_size": 2, "alternate_every": 2, "rollout_workers": 1, "cost_ref_queries": 8})
 FULL = (12, {"alternate_every": 2})
 MAX_ROUNDS = 3
+PAIRS = 3  # sync/pipelined pairs of a full run
 
 
 class StepClock:
@@ -114,15 +118,24 @@ def measure(ctx: PerfContext) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     arms = {"sync": {}, "pipelined": {"pipelined": True},
             "dynamic": {"dynamic_sampling": DynamicSamplingConfig(enabled=True, max_rounds=MAX_ROUNDS)}}
-    runs = {}
+    # sync and pipelined run PAIRS times, the order alternating from pair to pair (a drift of the machine's
+    # load between arms cancels); the first of each arm is the reported run
+    order = [("sync", "pipelined")[:: 1 if k % 2 == 0 else -1] for k in range(1 if ctx.quick else PAIRS)]
+    runs, walls = {}, {"sync": [], "pipelined": []}
     ctx.release_workers()  # this module's trainer starts workers of its own
     with pool_session(ctx.cfg, shared_pool(ctx)[0]) as (pool, _):
-        for name, extra in arms.items():
-            ctx.console.print(f"training arm {name}: {steps} steps")
-            runs[name] = run_arm(ctx.cfg, out, name, pool, steps, {**train, **extra})
+        for k, pair in enumerate(order):
+            for name in pair:
+                ctx.console.print(f"training arm {name} (pair {k + 1}/{len(order)}): {steps} steps")
+                run = run_arm(ctx.cfg, out, name, pool, steps, {**train, **arms[name]})
+                runs.setdefault(name, run)
+                walls[name].append(run[1][-1])
+        ctx.console.print(f"training arm dynamic: {steps} steps")
+        runs["dynamic"] = run_arm(ctx.cfg, out, "dynamic", pool, steps, {**train, **arms["dynamic"]})
     g = train.get("group_size", ctx.cfg.train.group_size)
-    (sync, t_sync, cpu_sync), (pipe, t_pipe, cpu_pipe), (dyn, t_dyn, _) = runs["sync"], runs["pipelined"], runs["dynamic"]
-    speedup = t_sync[-1] / t_pipe[-1]  # equal step counts: the ratio of steps/s
+    (sync, t_sync, cpu_sync), (pipe, _, cpu_pipe), (dyn, t_dyn, _) = runs["sync"], runs["pipelined"], runs["dynamic"]
+    ratios = [s / p for s, p in zip(walls["sync"], walls["pipelined"])]  # equal step counts: ratios of steps/s
+    speedup = statistics.median(ratios)
     bound = pipeline_bound(sync)
     # overlap only fills idle cores: the sync arm's busy cores on average cap any speedup at cores / that
     cpu_bound = os.cpu_count() / cpu_sync.cores
@@ -130,7 +143,9 @@ def measure(ctx: PerfContext) -> dict:
     by_then = [h for h, t in zip(dyn, t_dyn) if t <= t_sync[-1]] or dyn[:1]  # dynamic steps done in sync's time
     result = {
         "pipelined_speedup": speedup,
-        "pipelined_steps_per_s": {"sync": steps / t_sync[-1], "pipelined": steps / t_pipe[-1]},
+        "pipelined_speedup_pairs": summary(ratios),
+        "pipelined_steps_per_s": {"sync": steps / statistics.median(walls["sync"]),
+                                  "pipelined": steps / statistics.median(walls["pipelined"])},
         "pipelined_reward": {"sync": mean([h["reward"] for h in sync[-window:]]),
                              "pipelined": mean([h["reward"] for h in pipe[-window:]])},
         "pipelined_bound": bound,
