@@ -128,7 +128,24 @@ def seed_lines(results: dict) -> list[str]:
         lines.append(f"GRPO vs SFT: reward {', '.join(f'{m} {r:.4f}' for m, r in rewards.items())} "
                      f"vs r2-sft {results['methods']['r2-sft']['reward']:.4f}; "
                      f"seed spread {max(rewards.values()) - min(rewards.values()):.4f}")
+        lines += curve_lines(results, seeds["routers"], "r2-sft")
     return lines
+
+
+def curve_lines(results: dict, routers: list[str], base: str) -> list[str]:
+    """Each router against `base` at every value of their shared knob (test split): accuracy in points and
+    pool cost in percent, from the methods' `curve`s."""
+    methods = results["methods"]
+    values = methods[base].get("knob", {}).get("candidates") or []
+    if not values:
+        return []
+    out = []
+    for name in routers:
+        deltas = [f"{methods[name]['knob']['name']} {v:g}: accuracy {(acc - b_acc) * 100:+.1f} pt, "
+                  f"pool cost {cost / b_cost - 1:+.1%}"
+                  for v, (cost, acc), (b_cost, b_acc) in zip(values, methods[name]["curve"], methods[base]["curve"])]
+        out.append(f"{name} vs {base} per setting: " + "; ".join(deltas))
+    return out
 
 
 if __name__ == "__main__":
