@@ -89,13 +89,13 @@ class AllocatorGRPO:
         state, meta = self.learner.publish("allocator")
         return {"allocator": WeightRef(meta["version"], state, meta["checksum"])}
 
-    def _launch(self, batch: list[tuple[str, Example]]) -> tuple[list, list, list, int]:
-        """Start G rollouts per subtask with the published weights, each task's subtasks dealt round the
-        workers; (batch, jobs, refs, the weights' version) for `_collect`."""
+    def _launch(self, batch: list[tuple[str, Example]], step: int) -> tuple[list, list, list, int]:
+        """Start G rollouts per subtask with the published weights (the samplers seeded by `step`), each
+        task's subtasks dealt round the workers; (batch, jobs, refs, the weights' version) for `_collect`."""
         g, n = self.cfg.train.group_size, len(self.workers)
         jobs = [(name, part) for name in dict.fromkeys(t for t, _ in batch)
                 for exs in [[ex for t, ex in batch if t == name]] for i in range(n) if (part := exs[i::n])]
-        refs = [self.workers[k % n].rollout.remote(name, exs, g, "allocator", self.steps, self.published)
+        refs = [self.workers[k % n].rollout.remote(name, exs, g, "allocator", step, self.published)
                 for k, (name, exs) in enumerate(jobs)]
         return batch, jobs, refs, self.published["allocator"].version
 
@@ -110,27 +110,28 @@ class AllocatorGRPO:
 
     def rollouts(self, batch: list[tuple[str, Example]]) -> list[Trajectory]:
         """G trajectories per subtask, in batch order, sampled with the published weights."""
-        return self._collect(self._launch(batch))
+        return self._collect(self._launch(batch, self.steps))
 
     def train(self, batches: list[list[tuple[str, Example]]]) -> Iterator[dict]:
         """One GRPO step per batch (task name, one-step example), in order; yields each step's reward,
         accuracy and learner stats (`skipped`: no group had reward spread, so no update). With
         `train.pipelined` the next batch's rollouts run during this step's update, sampled with the
         weights before it (one step off-policy; the ratio is against the sampler's log-probabilities)."""
-        pending = self._launch(batches[0]) if batches else None
+        first = self.steps
+        pending = self._launch(batches[0], first) if batches else None
         for k in range(len(batches)):
             trajs, sampled = self._collect(pending), pending[3]
             rewards = [trajectory_reward(self.cfg, t, self.cost_ref) for t in trajs]
             items = training_items(trajs, rewards, self.cfg.train.group_size, "allocator")
             more = k + 1 < len(batches)
             if more and self.cfg.train.pipelined:
-                pending = self._launch(batches[k + 1])
+                pending = self._launch(batches[k + 1], first + k + 1)
             stats = self.learner.grpo_step("allocator", items) if items else {"skipped": 1}
             if items:
                 self.published = self._publish()
             self.steps += 1
             if more and not self.cfg.train.pipelined:
-                pending = self._launch(batches[k + 1])
+                pending = self._launch(batches[k + 1], first + k + 1)
             yield {"reward": sum(rewards) / len(rewards), "accuracy": sum(t.correct for t in trajs) / len(trajs),
                    "cost_usd": sum(t.cost_usd for t in trajs) / len(trajs), "items": len(items),
                    "tiers": torch.bincount(torch.tensor([t.steps[0].allocation.tier for t in trajs]),
