@@ -156,8 +156,10 @@ def test_the_pool_killed_mid_evaluation_is_restarted_and_every_query_answered_on
     assert comparable(faulted) == comparable(json.loads(json.dumps(clean)))
 
 
-# what Ray itself prints on the driver's stderr: its INFO lines, and its actors' forwarded logs and warnings
-RAY_LOG = re.compile(r"\d{4}-\d\d-\d\d .*(INFO|WARNING)|(\x1b\[\d+m)?\((raylet|\w+ pid=\d+)\)|Loading weights|Token auth")
+# what Ray itself prints on the driver's stderr: its INFO lines, and the output of its actors and workers it
+# forwards with a "(Name pid=N)" or "(pid=N)" tag (e.g. an idle worker's stack dump when the driver's exit
+# SIGTERMs it)
+RAY_LOG = re.compile(r"\d{4}-\d\d-\d\d .*(INFO|WARNING)|(\x1b\[\d+m)?\((raylet|(\w+ )?pid=\d+)\)|Loading weights|Token auth")
 
 
 def ray_processes(title: str) -> set[int]:
