@@ -202,10 +202,11 @@ class ActionSpace:
     def tier_logprobs(self, lm: PolicyLM, prompts: list[str], n_tiers: int, temperature: float) -> torch.Tensor:
         """[len(prompts), n_tiers] log-softmax over the tiers' candidate scores (differentiable). Each
         distinct prompt runs once (a GRPO group repeats its prompts); candidates of one token each are
-        scored from one forward of the prompt, longer ones from a forward of prompt + candidate each."""
+        scored from one forward of the prompt (for policies that give the next-token distribution: a
+        `PolicyLM`, not a vLLM engine), longer ones from a forward of prompt + candidate each."""
         cands = self.templates.candidates(self.model_ids[:n_tiers], lm.tokenizer)
         distinct = list(dict.fromkeys(prompts))
-        if all(len(c) == 1 for c in cands):
+        if all(len(c) == 1 for c in cands) and hasattr(lm, "next_token_logprobs"):
             scores = lm.next_token_logprobs(distinct)[:, [c[0] for c in cands]]
         else:
             lps = lm.token_logprobs([p for p in distinct for _ in cands], [c for _ in distinct for c in cands])
