@@ -55,7 +55,7 @@ import torch
 from actors.backends.vllm import VLLMBackend, WeightReloadExtension, pad_state
 from actors.weight_sync import state_checksum
 from policies import positions
-from policies.policy_lm import Sample, decode_sample
+from policies.policy_lm import Sample, decode_sample, summed_logprobs
 
 LOGPROBS_MODE = "processed_logprobs"
 EXTENSION = f"{WeightReloadExtension.__module__}.{WeightReloadExtension.__qualname__}"
@@ -195,6 +195,13 @@ class VLLMPolicy:
                              "masked or tempered scores are the learner's (PolicyLM)")
         scores = ray.get(self.engine.score.remote(list(prompts), [list(c) for c in completions]))
         return [torch.tensor(s, dtype=torch.float32) for s in scores]
+
+    def candidate_logprobs(self, prompts: list[str], candidates: list[list[int]]) -> torch.Tensor:
+        """As `PolicyLM.candidate_logprobs` (not differentiable): the engine scores each prompt + candidate."""
+        return summed_logprobs(self, prompts, candidates)
+
+    def prompt_lengths(self, prompts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(list(prompts)).input_ids]
 
     def load_state(self, state: dict[str, torch.Tensor], version: int) -> tuple[int, str]:
         return tuple(ray.get(self.engine.load_state.remote(state, version)))

@@ -140,7 +140,7 @@ class AllocatorGRPO:
 
     def step(self, batch: list[tuple[str, Example]]) -> dict:
         """One GRPO step on `batch` (synchronous: sampled with the current weights)."""
-        return next(iter(self.train([batch])))
+        return next(self.train([batch]))
 
     def allocator(self, init_dir: str) -> PolicyLM:
         """The allocator `init_dir` holds, with the learner's current weights (on the CPU)."""

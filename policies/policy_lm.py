@@ -29,6 +29,13 @@ def decode_sample(tokenizer, token_ids: list[int], logprobs: list[float]) -> Sam
                   list(token_ids), list(logprobs))
 
 
+def summed_logprobs(lm, prompts: list[str], candidates: list[list[int]]) -> torch.Tensor:
+    """[len(prompts), len(candidates)]: each candidate's summed log-probability after each prompt, from
+    `lm.token_logprobs` of every prompt + candidate sequence (any policy with `PolicyLM`'s interface)."""
+    lps = lm.token_logprobs([p for p in prompts for _ in candidates], [c for _ in prompts for c in candidates])
+    return torch.stack([lp.sum() for lp in lps]).view(len(prompts), len(candidates))
+
+
 PROMPT_CACHE = 200_000  # prompts whose token ids a PolicyLM remembers (then it starts afresh)
 
 
@@ -80,17 +87,24 @@ class PolicyLM:
     def eos_id(self) -> int:
         return self.tokenizer.eos_token_id
 
-    def encode(self, prompts: list[str]) -> Encoded:
-        """The prompts' token ids, left-padded, and their attention mask (as the tokenizer pads a batch).
-        Each prompt is tokenized once and remembered: training and sampling read the same prompts again
-        (every SFT epoch, every sample of a GRPO group)."""
+    def prompt_ids(self, prompts: list[str]) -> list[list[int]]:
+        """Each prompt's token ids, tokenized once and remembered."""
         cache = self._token_ids
         missing = [p for p in dict.fromkeys(prompts) if p not in cache]
         if missing:
             if len(cache) + len(missing) > PROMPT_CACHE:
                 cache.clear()
             cache.update(zip(missing, self.tokenizer(missing).input_ids))
-        rows = [cache[p] for p in prompts]
+        return [cache[p] for p in prompts]
+
+    def prompt_lengths(self, prompts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.prompt_ids(prompts)]
+
+    def encode(self, prompts: list[str]) -> Encoded:
+        """The prompts' token ids, left-padded, and their attention mask (as the tokenizer pads a batch).
+        Each prompt is tokenized once and remembered: training and sampling read the same prompts again
+        (every SFT epoch, every sample of a GRPO group)."""
+        rows = self.prompt_ids(prompts)
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -155,6 +169,13 @@ class PolicyLM:
             attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype, device=attn.device)], dim=1)
             pos = pos[:, -1:] + 1
         return [decode_sample(self.tokenizer, ids_, lps) for ids_, lps in zip(out_ids, out_lp)]
+
+    def candidate_logprobs(self, prompts: list[str], candidates: list[list[int]]) -> torch.Tensor:
+        """Differentiable [len(prompts), len(candidates)]: each candidate's summed log-probability after each
+        prompt. Candidates of one token each come from one forward per prompt (its next-token distribution)."""
+        if all(len(c) == 1 for c in candidates):
+            return self.next_token_logprobs(prompts)[:, [c[0] for c in candidates]]
+        return summed_logprobs(self, prompts, candidates)
 
     def next_token_logprobs(self, prompts: list[str]) -> torch.Tensor:
         """Differentiable [len(prompts), vocab] log-probabilities of the token after each prompt."""

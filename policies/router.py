@@ -201,16 +201,11 @@ class ActionSpace:
 
     def tier_logprobs(self, lm: PolicyLM, prompts: list[str], n_tiers: int, temperature: float) -> torch.Tensor:
         """[len(prompts), n_tiers] log-softmax over the tiers' candidate scores (differentiable). Each
-        distinct prompt runs once (a GRPO group repeats its prompts); candidates of one token each are
-        scored from one forward of the prompt (for policies that give the next-token distribution: a
-        `PolicyLM`, not a vLLM engine), longer ones from a forward of prompt + candidate each."""
+        distinct prompt is scored once (a GRPO group repeats its prompts), as the policy scores
+        candidates (`candidate_logprobs`)."""
         cands = self.templates.candidates(self.model_ids[:n_tiers], lm.tokenizer)
         distinct = list(dict.fromkeys(prompts))
-        if all(len(c) == 1 for c in cands) and hasattr(lm, "next_token_logprobs"):
-            scores = lm.next_token_logprobs(distinct)[:, [c[0] for c in cands]]
-        else:
-            lps = lm.token_logprobs([p for p in distinct for _ in cands], [c for _ in distinct for c in cands])
-            scores = torch.stack([lp.sum() for lp in lps]).view(len(distinct), len(cands))
+        scores = lm.candidate_logprobs(distinct, cands)
         row = {p: i for i, p in enumerate(distinct)}
         scores = scores[[row[p] for p in prompts]]
         t = effective_temperature(temperature)
@@ -236,7 +231,6 @@ class PolicyRouter(BaseRouter):
         self.decomposer_name = label if decomposer is not None else "gold"
         self._gold = GoldDecomposition()
         self.cost_penalty: torch.Tensor | None = None  # per tier, subtracted from the allocator's log-probs
-        self._token_counts: dict[str, int] = {}
 
     def with_cost_penalty(self, lam: float, prices: list[float]) -> PolicyRouter:
         """This router (sharing its policies) whose allocator picks argmax_m [log pi(m | step) - lam * c_m],
@@ -252,21 +246,14 @@ class PolicyRouter(BaseRouter):
         allocator's prompt plus every tier's candidate tokens (it scores them; it generates nothing)."""
         usage = self.decomposition_usage(decision)
         cands = sum(len(c) for c in self.actions.templates.candidates(self.model_ids, self.allocator.tokenizer))
-        usage["allocator"] = {"prompt_tokens": sum(self._prompt_tokens(p) + cands for p in allocation_prompts),
-                              "completion_tokens": 0}
+        usage["allocator"] = {"prompt_tokens": sum(self.allocator.prompt_lengths(allocation_prompts))
+                              + cands * len(allocation_prompts), "completion_tokens": 0}
         return usage
-
-    def _prompt_tokens(self, prompt: str) -> int:
-        """The allocator's token count of `prompt` (counted once: a GRPO group repeats its prompts)."""
-        if prompt not in self._token_counts:
-            self._token_counts[prompt] = len(self.allocator.tokenizer(prompt).input_ids)
-        return self._token_counts[prompt]
 
     def decomposition_usage(self, decision: DecomposeDecision) -> dict[str, dict[str, int]]:
         if self.decomposer is None or not decision.calls:
             return {}
-        tok = self.decomposer.tokenizer
-        return {"decomposer": {"prompt_tokens": sum(len(tok(p).input_ids) for p, _ in decision.calls),
+        return {"decomposer": {"prompt_tokens": sum(self.decomposer.prompt_lengths([p for p, _ in decision.calls])),
                                "completion_tokens": sum(len(s.token_ids) for _, s in decision.calls)}}
 
     def policy_params(self) -> dict[str, int]:
