@@ -360,6 +360,9 @@ class LabelsConfig(Strict):
     fraction: float = Field(0.1, gt=0, le=1)  # queries that get an allocation label (search)
     decomposition_fraction: float = Field(0.25, gt=0, le=1)  # queries that get a decomposition label
     max_per_task: int = Field(2000, ge=1)
+    # every decomposition length (steps of a query's candidate parse) gets at least this many decomposition
+    # labels, or all the train split has (`pipelines.labels.top_up`); 0 = the uniform draw only
+    min_per_length: int = Field(0, ge=0)
     # GPT-4-turbo's decompositions (R2R_DATA/decompositions/<task>.json, benchmarks.tasks.decompositions) as
     # the decomposition label of each query that has one, taken as given (a teacher's label, not searched);
     # queries without one are searched as usual

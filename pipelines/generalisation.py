@@ -14,6 +14,11 @@ def exact(steps: list[str], example: Example) -> bool:
     return [" ".join(s.split()) for s in steps] == [" ".join(s.prompt.split()) for s in example.steps]
 
 
+def exact_rate(router, examples: list[Example], task: Task) -> float:
+    """The share of `examples` that `router` decomposes exactly into their gold steps."""
+    return _mean([exact(d.decomposition.steps, ex) for d, ex in zip(router.decompose(examples, task), examples)])
+
+
 def shape_report(tasks: dict[str, Task], routers: dict, untrained, ctx: Context, progress=None) -> dict:
     """`{"<task>:<shape>": {task, shape, held_out, n, untrained_exact, routers: {name: {exact, format_ok,
     accuracy}}}}` for every task with shapes; `routers` are evaluation methods (`.run`), `untrained` a
@@ -24,8 +29,7 @@ def shape_report(tasks: dict[str, Task], routers: dict, untrained, ctx: Context,
             if progress is not None:
                 progress(f"shapes: {tname}:{shape}")
             row = {"task": tname, "shape": shape, "held_out": task.held_out(shape), "n": len(examples),
-                   "untrained_exact": _mean([exact(d.decomposition.steps, ex)
-                                             for d, ex in zip(untrained.decompose(examples, task), examples)]),
+                   "untrained_exact": exact_rate(untrained, examples, task),
                    "routers": {}}
             for name, method in routers.items():
                 trajs = asyncio.run(method.run(examples, task, ctx))

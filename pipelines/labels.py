@@ -159,14 +159,38 @@ def _rendered(step) -> str:
 
 def select_queries(cfg: Config, train: list[Example], preferred: frozenset[str] | set[str] = frozenset()) -> tuple[list[Example], int]:
     """Queries to label (decomposition), the first `n_alloc` of them also get an allocation label. Queries
-    whose ids are `preferred` (those with a given decomposition) are drawn first."""
+    whose ids are `preferred` (those with a given decomposition) are drawn first; then the rare lengths are
+    topped up (`top_up`, decomposition labels only)."""
     cap = lambda f: min(cfg.labels.max_per_task, len(train), max(1, round(f * len(train))))  # noqa: E731
     n_dec, n_alloc = cap(cfg.labels.decomposition_fraction), cap(cfg.labels.fraction)
     k = max(n_dec, n_alloc)
     given = [ex for ex in train if ex.id in preferred]
     chosen = random.Random(cfg.seed + 7).sample(given, min(k, len(given)))
     rest = [ex for ex in train if ex.id not in preferred]  # without preferred ids: the draw as it always was
-    return chosen + random.Random(cfg.seed + 7).sample(rest, k - len(chosen)), n_alloc
+    drawn = chosen + random.Random(cfg.seed + 7).sample(rest, k - len(chosen))
+    return drawn + top_up(cfg, train, drawn), n_alloc
+
+
+def decomposition_length(example: Example) -> int:
+    """Steps of the query's longest candidate decomposition (1: the query is one step)."""
+    return max(len(c) for c in candidates(example))
+
+
+def top_up(cfg: Config, train: list[Example], drawn: list[Example]) -> list[Example]:
+    """More queries of every decomposition length that the uniform draw holds fewer than
+    `labels.min_per_length` of (all the split has, when fewer): a task's rare shapes (SCAN's one-clause
+    commands, 0.5% of its train split) are otherwise too few for the decomposer to learn."""
+    need = cfg.labels.min_per_length
+    if not need:
+        return []
+    have = Counter(decomposition_length(ex) for ex in drawn)
+    ids = {ex.id for ex in drawn}
+    by_length: dict[int, list[Example]] = {}
+    for ex in train:
+        if ex.id not in ids:
+            by_length.setdefault(decomposition_length(ex), []).append(ex)
+    rng = random.Random(cfg.seed + 8)
+    return [ex for n, pool in sorted(by_length.items()) for ex in rng.sample(pool, min(len(pool), max(0, need - have[n])))]
 
 
 def given_decompositions(cfg: Config, task: Task, train: list[Example]) -> tuple[dict[str, list[str]], int]:

@@ -52,8 +52,10 @@ def total_steps(cfg: Config, data: dict[str, list]) -> dict[str, int]:
     return {name: epochs(cfg, name) * -(-len(items) // cfg.train.sft_batch) for name, items in data.items()}
 
 
-def run_sft(cfg: Config, learner, data: dict[str, list], console, progress=None) -> dict:
-    rng = random.Random(cfg.seed)
+def run_sft(cfg: Config, learner, data: dict[str, list], console, progress=None, order_seed: int | None = None) -> dict:
+    """Each policy's epochs over its examples, shuffled each epoch (by `order_seed`, default the run's
+    seed); returns the per-epoch loss and accuracy of each."""
+    rng = random.Random(cfg.seed if order_seed is None else order_seed)
     history: dict[str, list] = {}
     steps = total_steps(cfg, data)
     for name, items in data.items():

@@ -59,3 +59,23 @@ def test_given_decompositions_are_labels_and_drawn_first(monkeypatch):
     search = LabelSearch(cfg, pool=None, model_ids=["small", "large"], task=SimpleNamespace(name="csqa"))
     row = asyncio.run(search.label(train[7], allocate=False, given=given["q7"]))
     assert row["steps"] == ["a", "b"] and row["source"] == "given" and search.calls == 0
+
+
+def test_rare_decomposition_lengths_are_topped_up_after_the_uniform_draw():
+    """`labels.min_per_length`: one-step queries, rare in the split, are all labelled (for decomposition,
+    after the draw, so the allocation-labelled prefix is the draw's); a common length gets none added."""
+    from pipelines import labels
+
+    def example(i: int, steps: int) -> Example:
+        return Example(f"q{i}", "scan", f"command {i}", "x", [Step(f"part {j} of {i}", "x") for j in range(steps)])
+
+    train = [example(i, 1 if i % 50 == 0 else 2) for i in range(500)]  # 10 one-step queries
+    cfg = load_config("configs/test.yaml", ["labels.decomposition_fraction=0.1", "labels.fraction=0.02"])
+    plain, n_alloc = labels.select_queries(cfg, train)
+    topped_cfg = cfg.model_copy(update={"labels": cfg.labels.model_copy(update={"min_per_length": 20})})
+    topped, n_alloc_topped = labels.select_queries(topped_cfg, train)
+    assert topped[: len(plain)] == plain and n_alloc_topped == n_alloc
+    added = topped[len(plain):]
+    assert {labels.decomposition_length(ex) for ex in added} == {1}
+    assert sum(labels.decomposition_length(ex) == 1 for ex in topped) == 10  # every one-step query, no repeats
+    assert len({ex.id for ex in topped}) == len(topped)
