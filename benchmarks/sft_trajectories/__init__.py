@@ -110,7 +110,3 @@ def main(argv: list[str] | None = None) -> dict:
     console.print(f"every shape at its bar: {len(passing)} of {len(runs)} trajectories (seeds {passing}); "
                   f"{out_dir / 'results.json'}")
     return results
-
-
-if __name__ == "__main__":
-    main()

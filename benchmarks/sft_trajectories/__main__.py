@@ -1,0 +1,3 @@
+from benchmarks.sft_trajectories import main
+
+main()
