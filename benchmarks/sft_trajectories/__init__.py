@@ -41,8 +41,10 @@ def bar(shape: str, held_out: bool) -> float:
     return ONE_HOP if shape.endswith(":1hop") else HELD_OUT if held_out else IN_RANGE
 
 
-def train_one(cfg, items: list, init: str, model_ids: list[str], seed: int, out: Path, console) -> list[dict]:
-    """The SFT stage's decomposer training with the examples shuffled by `seed`; saved to `out`."""
+def train_one(cfg, items: list, init: str, model_ids: list[str], seed: int, out: Path, longest: int,
+              console) -> list[dict]:
+    """The SFT stage's decomposer training with the examples shuffled by `seed`; saved to `out`, marked
+    (as the stage marks it) with `longest`, its longest prompt's tokens."""
     data = {"decomposer": list(items)}
     learner = LearnerGroup(cfg, {"decomposer": init}, model_ids, cfg.train.sft_lr, total_steps(cfg, data))
     try:
@@ -50,12 +52,13 @@ def train_one(cfg, items: list, init: str, model_ids: list[str], seed: int, out:
         learner.save_pretrained(str(out))
     finally:
         learner.kill()
-    tokenizer = AutoTokenizer.from_pretrained(init)
-    positions.mark(out / "decomposer", longest_prompt(items, tokenizer), cfg.train.length_extrapolation)
+    positions.mark(out / "decomposer", longest, cfg.train.length_extrapolation)
     return history
 
 
 def shape_rates(cfg, folder: Path, shapes: dict, model_ids: list[str]) -> dict[str, float]:
+    """The decomposer in `folder`'s exact-decomposition rate per shape, greedy, as a router decodes (the
+    router's allocator is never asked: it decomposes only)."""
     dec = PolicyLM.from_pretrained(folder)
     router = PolicyRouter(dec, dec, model_ids, templates=cfg.router.templates, max_steps=cfg.reason.max_steps,
                           max_tokens=cfg.reason.decompose_max_tokens, seed=cfg.seed)
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     init = str(init_dirs(cfg)["decomposer"])
     tokenizer = AutoTokenizer.from_pretrained(init)
     items = sft_data(read_labels(cfg), tokenizer, cfg.router.templates)["decomposer"]
+    longest = longest_prompt(items, tokenizer)
     model_ids = [m.name for m in cfg.zoo.models]
     tasks = build_world(cfg).tasks
     shapes = {f"{tn}:{s}": (task, ex) for tn, task in tasks.items() for s, ex in task.shape_sets().items()}
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def one(seed: int) -> dict:
         folder = out_dir / f"seed{seed}"
-        history = train_one(cfg, items, init, model_ids, seed, folder, console)
+        history = train_one(cfg, items, init, model_ids, seed, folder, longest, console)
         rates = shape_rates(cfg, folder / "decomposer", shapes, model_ids)
         console.print(f"order seed {seed}: final loss {history[-1]['loss']:.5f}, "
                       f"{sum(r >= bar(k, held[k]) for k, r in rates.items())}/{len(rates)} shapes at their bar")
