@@ -78,6 +78,22 @@ def run_sft(cfg: Config, learner, data: dict[str, list], console, progress=None,
     return history
 
 
+def fit(cfg: Config, init: dict[str, str], model_ids: list[str], data: dict[str, list], tokenizer, out: Path,
+        console, progress=None, order_seed: int | None = None) -> dict:
+    """SFT of the policies in `data` (each from its `init` checkpoint) in a learner group, saved to `out`; the
+    decomposer's folder records its longest prompt, beyond which it extrapolates (`policies.positions`).
+    Returns the per-epoch history (`run_sft`)."""
+    learner = LearnerGroup(cfg, init, model_ids, cfg.train.sft_lr, total_steps(cfg, data))
+    try:
+        history = run_sft(cfg, learner, data, console, progress, order_seed)
+        learner.save_pretrained(str(out))
+    finally:
+        learner.kill()
+    if data.get("decomposer"):
+        positions.mark(out / "decomposer", longest_prompt(data["decomposer"], tokenizer), cfg.train.length_extrapolation)
+    return history
+
+
 def run_sft_stage(cfg: Config, console, pool=None) -> Path:
     """Labels (searched when `<run_dir>/labels/labels.jsonl` is missing), then SFT of both policies;
     returns the SFT router folder. `pool`: a running pool of the config's models to use (else one is
@@ -92,14 +108,8 @@ def run_sft_stage(cfg: Config, console, pool=None) -> Path:
         # the policies share one vocabulary (every zoo model has the tiny world's)
         tokenizer = AutoTokenizer.from_pretrained(init["decomposer"])
         data = sft_data(rows, tokenizer, cfg.router.templates)
-        learner = LearnerGroup(cfg, init, model_ids, cfg.train.sft_lr, total_steps(cfg, data))
-        history = run_sft(cfg, learner, data, console, progress)
         out = router_dir(cfg, "sft")
-        learner.save_pretrained(str(out))
-        learner.kill()
-        if data["decomposer"]:  # inputs longer than these extrapolate (policies.positions)
-            positions.mark(out / "decomposer", longest_prompt(data["decomposer"], tokenizer),
-                           cfg.train.length_extrapolation)
+        history = fit(cfg, init, model_ids, data, tokenizer, out, console, progress)
         save_router_meta(cfg, out, model_ids, "sft")
     (out / "sft_history.json").write_text(json.dumps(
         {"history": history, "labels": len(rows), "label_seconds": round(t_labels, 1),

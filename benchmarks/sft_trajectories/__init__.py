@@ -6,9 +6,9 @@ rate on every query shape of the generalisation report, in range and held out.
     python -m benchmarks.sft_trajectories --config configs/tiny.yaml --seeds 0 1 2 3 4 5 [--jobs 2]
 
 Needs the run's zoo and labels (`make demo`, or `r2r zoo` and `r2r labels`). Order seed 0 is the demo's own
-order, so its row is the decomposer of `<run_dir>/router/sft`. Writes `<run_dir>/sft_trajectories/results.json`
-(per seed: the SFT history and the rate per shape; per shape: min, median, max) and prints the table, with the
-acceptance bars of the generalisation report (in range >= 0.95, held out >= 0.90, one hop >= 0.98).
+order, so its row is the decomposer of `<run_dir>/router/sft` (`pipelines.sft.fit` trains both). Writes
+`<run_dir>/sft_trajectories/results.json` (per seed: the SFT history and the rate per shape; per shape: min,
+median, max) and prints the table, with the acceptance bars of the generalisation report (in range >= 0.95, held out >= 0.90, one hop >= 0.98).
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import torch
 from rich.table import Table
 from transformers import AutoTokenizer
 
-from actors.learner import LearnerGroup
 from actors.runtime import init_ray
 from benchmarks.tasks.world import build_world
 from core.config import config_from_args, config_parser
@@ -29,8 +28,7 @@ from core.console import console as make_console
 from pipelines.generalisation import exact_rate
 from pipelines.labels import read_labels
 from pipelines.runs import init_dirs, labels_path
-from pipelines.sft import longest_prompt, run_sft, sft_data, total_steps
-from policies import positions
+from pipelines.sft import fit, sft_data
 from policies.policy_lm import PolicyLM
 from policies.router import PolicyRouter
 
@@ -39,21 +37,6 @@ IN_RANGE, HELD_OUT, ONE_HOP = 0.95, 0.90, 0.98
 
 def bar(shape: str, held_out: bool) -> float:
     return ONE_HOP if shape.endswith(":1hop") else HELD_OUT if held_out else IN_RANGE
-
-
-def train_one(cfg, items: list, init: str, model_ids: list[str], seed: int, out: Path, longest: int,
-              console) -> list[dict]:
-    """The SFT stage's decomposer training with the examples shuffled by `seed`; saved to `out`, marked
-    (as the stage marks it) with `longest`, its longest prompt's tokens."""
-    data = {"decomposer": list(items)}
-    learner = LearnerGroup(cfg, {"decomposer": init}, model_ids, cfg.train.sft_lr, total_steps(cfg, data))
-    try:
-        history = run_sft(cfg, learner, data, console, order_seed=seed)["decomposer"]
-        learner.save_pretrained(str(out))
-    finally:
-        learner.kill()
-    positions.mark(out / "decomposer", longest, cfg.train.length_extrapolation)
-    return history
 
 
 def shape_rates(cfg, folder: Path, shapes: dict, model_ids: list[str]) -> dict[str, float]:
@@ -77,7 +60,6 @@ def main(argv: list[str] | None = None) -> dict:
     init = str(init_dirs(cfg)["decomposer"])
     tokenizer = AutoTokenizer.from_pretrained(init)
     items = sft_data(read_labels(cfg), tokenizer, cfg.router.templates)["decomposer"]
-    longest = longest_prompt(items, tokenizer)
     model_ids = [m.name for m in cfg.zoo.models]
     tasks = build_world(cfg).tasks
     shapes = {f"{tn}:{s}": (task, ex) for tn, task in tasks.items() for s, ex in task.shape_sets().items()}
@@ -87,7 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     def one(seed: int) -> dict:
         folder = out_dir / f"seed{seed}"
-        history = train_one(cfg, items, init, model_ids, seed, folder, longest, console)
+        history = fit(cfg, {"decomposer": init}, model_ids, {"decomposer": list(items)}, tokenizer, folder, console,
+                      order_seed=seed)["decomposer"]
         rates = shape_rates(cfg, folder / "decomposer", shapes, model_ids)
         console.print(f"order seed {seed}: final loss {history[-1]['loss']:.5f}, "
                       f"{sum(r >= bar(k, held[k]) for k, r in rates.items())}/{len(rates)} shapes at their bar")
