@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Iterator
+from dataclasses import replace
 
 import ray
 import torch
@@ -20,12 +21,13 @@ from actors.rollout import RolloutWorker
 from actors.weight_sync import WeightRef
 from benchmarks.tasks import Example, Task
 from core.config import Config
+from pipelines.labels import PlannedRouter
 from pipelines.subtask_table import TRAIN_SAMPLE_SEED, subtasks
 from policies.grpo import training_items
 from policies.policy_lm import PolicyLM
 from policies.reason import Trajectory, areason_batch
 from policies.reward import reward
-from policies.router import PolicyRouter
+from policies.router import ActionSpace
 
 
 def one_step_config(cfg: Config) -> Config:
@@ -54,20 +56,51 @@ def trajectory_reward(cfg: Config, t: Trajectory, cost_ref: dict[str, float]) ->
                   cfg.reward.cost_ref or cost_ref[t.task])
 
 
-def greedy_reward(cfg: Config, pool, model_ids: list[str], allocator: PolicyLM, tasks: dict[str, Task],
-                  problems: list[tuple[str, Example]], cost_ref: dict[str, float]) -> float:
-    """The mean reward of `allocator`'s greedy tier on one-step `problems` (real pool calls, no review)."""
-    cfg = one_step_config(cfg)
-    router = PolicyRouter(None, allocator, model_ids, templates=cfg.router.templates, temperature=0.0)
+def planned_rewards(cfg: Config, pool, model_ids: list[str], tasks: dict[str, Task],
+                    calls: list[tuple[tuple[str, Example], int]], cost_ref: dict[str, float]) -> list[float]:
+    """R2's reward of each call (one-step problem, tier): the subtask run once on that pool model through the
+    chain without review (real pool calls), each task's calls in one batched chain run."""
+    one_step = one_step_config(cfg)
+    by_task: dict[str, list[tuple[int, Example, int]]] = {}
+    for i, ((task, ex), tier) in enumerate(calls):
+        by_task.setdefault(task, []).append((i, replace(ex, id=f"{ex.id}#{i}"), tier))  # a problem may recur
 
-    async def run() -> list[Trajectory]:
-        runs = await asyncio.gather(*(
-            areason_batch([ex for t, ex in problems if t == name], router, pool, tasks[name], cfg.reason, model_ids)
-            for name in sorted({t for t, _ in problems})))
-        return [t for r in runs for t in r]
+    async def run() -> list[list[Trajectory]]:
+        return await asyncio.gather(*(
+            areason_batch([ex for _, ex, _ in rows], PlannedRouter({ex.id: [ex.query] for _, ex, _ in rows},
+                                                                   {ex.id: [tier] for _, ex, tier in rows}),
+                          pool, tasks[task], one_step.reason, model_ids, review=False)
+            for task, rows in by_task.items()))
 
-    trajs = asyncio.run(run())
-    return sum(trajectory_reward(cfg, t, cost_ref) for t in trajs) / len(trajs)
+    out = [0.0] * len(calls)
+    for rows, trajs in zip(by_task.values(), asyncio.run(run())):
+        for (i, _, _), t in zip(rows, trajs):
+            out[i] = trajectory_reward(one_step, t, cost_ref)
+    return out
+
+
+class HeldOutRewards:
+    """One-step `problems` with the reward of every pool tier on each, from one pool call per (problem, tier)
+    made here, so that any allocator is scored without further calls: `score(lm)` gives the mean reward of
+    its greedy tier and its expected reward when sampling tiers at the training temperature (the quantity
+    GRPO raises; exact, not sampled)."""
+
+    def __init__(self, cfg: Config, pool, model_ids: list[str], tasks: dict[str, Task],
+                 problems: list[tuple[str, Example]], cost_ref: dict[str, float]):
+        self.cfg, self.model_ids, self.problems = cfg, model_ids, problems
+        n = len(model_ids)
+        rewards = planned_rewards(cfg, pool, model_ids, tasks, [(p, k) for p in problems for k in range(n)], cost_ref)
+        self.table = torch.tensor(rewards, dtype=torch.float64).view(len(problems), n)
+
+    def score(self, allocator: PolicyLM) -> dict[str, float]:
+        actions = ActionSpace(self.cfg.router.templates, self.model_ids)
+        prompts = [actions.templates.allocate_prompt(ex.query, self.model_ids, allocator.tokenizer)
+                   for _, ex in self.problems]
+        with torch.no_grad():
+            logp = actions.tier_logprobs(allocator, prompts, len(self.model_ids),
+                                         self.cfg.train.temperature).double().cpu()
+        greedy = self.table.gather(1, logp.argmax(-1, keepdim=True)).mean()
+        return {"greedy": float(greedy), "expected": float((logp.exp() * self.table).sum(-1).mean())}
 
 
 class AllocatorGRPO:

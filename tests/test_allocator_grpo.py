@@ -2,6 +2,8 @@
 tasks taking turns); a learner rank of the allocator alone; and, with real Ray actors on the test zoo's
 pool, rollouts of one call each on the sampled tier (no review) and steps whose new weights the rollout
 workers load before they sample again."""
+import math
+
 import pytest
 
 from benchmarks.tasks import build_world
@@ -95,3 +97,39 @@ def test_pipelined_steps_sample_with_the_weights_one_update_old(grpo):
     assert history[0]["sampled_version"] == start
     assert [h["sampled_version"] for h in history[1:]] == [start + sum(updates[:k]) for k in range(2)]
     assert g.published["allocator"].version == start + sum(updates)
+
+
+@pytest.mark.integration
+def test_held_out_rewards_score_an_allocator_as_the_chain_runs_it(zoo_config, zoo_pool, ray_local):
+    """The table of every tier's reward gives an allocator's greedy reward equal to a chain run with the
+    allocator choosing greedily, and its expected reward from its tier probabilities at the temperature."""
+    import asyncio
+
+    from pipelines.allocator_grpo import HeldOutRewards, one_step_config, trajectory_reward
+    from policies.policy_lm import PolicyLM
+    from policies.reason import areason_batch
+    from policies.router import PolicyRouter
+
+    cfg, tasks = zoo_config, build_world(zoo_config).tasks
+    ids = ray_local.get(zoo_pool.model_ids.remote())
+    probs, ref = one_step_problems(tasks, "test", 8, cfg.seed), dict.fromkeys(tasks, 1e-4)
+    held = HeldOutRewards(cfg, zoo_pool, ids, tasks, probs, ref)
+    assert held.table.shape == (8, len(ids)) and len(set(held.table.flatten().tolist())) > 1
+    lm = PolicyLM.from_pretrained(str(cfg.zoo_dir / cfg.zoo.models[1].name), device="cpu")
+    score = held.score(lm)
+
+    one_step = one_step_config(cfg)
+    router = PolicyRouter(None, lm, ids, templates=cfg.router.templates, temperature=0.0)
+
+    async def chain():
+        return await asyncio.gather(*(areason_batch([ex for t, ex in probs if t == name], router, zoo_pool,
+                                                    tasks[name], one_step.reason, ids) for name in tasks))
+    trajs = [t for run in asyncio.run(chain()) for t in run]
+    assert len(trajs) == 8
+    assert score["greedy"] == pytest.approx(sum(trajectory_reward(one_step, t, ref) for t in trajs) / 8)
+
+    sampler = PolicyRouter(None, lm, ids, templates=cfg.router.templates, temperature=cfg.train.temperature)
+    decisions = sampler.allocate([ex.query for _, ex in probs], [ex for _, ex in probs], len(ids))
+    want = sum(sum(math.exp(lp) * r for lp, r in zip(d.tier_logprobs, row))
+               for d, row in zip(decisions, held.table.tolist())) / 8
+    assert score["expected"] == pytest.approx(want)

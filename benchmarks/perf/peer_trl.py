@@ -15,30 +15,27 @@ pool; the DeepSpeed learner steps; the workers load the published weights). TRL'
 process, generating the model id's tokens, its reward function parsing them and calling the same pool.
 A step's seconds run from its sampling to its optimiser step (set-up apart); the reported seconds per
 step are the median over the steps. The reward after the run is the same test for both trained
-allocators: the mean reward of each one's greedy pool model over held-out (test split) subtasks.
+allocators (`HeldOutRewards`): on held-out (test split) subtasks, each run once on every pool model, the
+expected reward of sampling the allocator's tier softmax at the training temperature, and the reward of its
+greedy pool model.
 `DIFFERENCES` (with the run's numbers filled in) says exactly what differs between the two setups."""
 from __future__ import annotations
 
-import asyncio
 import shutil
 import statistics
 import time
-from dataclasses import replace
 
 from benchmarks.perf.common import PerfContext, router_dirs, shared_pool, summary
 from benchmarks.tasks import Example, build_world
 from core.config import Config
 from pipelines.allocator_grpo import (
     AllocatorGRPO,
-    greedy_reward,
-    one_step_config,
+    HeldOutRewards,
     one_step_problems,
-    trajectory_reward,
+    planned_rewards,
 )
-from pipelines.labels import PlannedRouter
 from pipelines.runs import cost_ref
 from policies.policy_lm import PolicyLM
-from policies.reason import areason_batch
 from policies.reward import reward
 from policies.router import ActionSpace
 
@@ -46,7 +43,7 @@ from policies.router import ActionSpace
 # smaller pool calls and policy forwards) and lowers throughput (the suite's `rollout_2w_speedup`)
 WORKERS = 1
 QUICK = {"steps": 2, "batch": 2, "eval": 8}
-FULL = {"steps": 24, "batch": 16, "eval": 96}
+FULL = {"steps": 24, "batch": 16, "eval": 480}
 
 DIFFERENCES = [
     "action: ours samples a pool model from the softmax over the pool models' candidate continuations (it can "
@@ -81,8 +78,10 @@ DIFFERENCES = [
     "log-probabilities in the learner's step)",
     "pool calls: the same chain (policies.reason.areason_batch, no review) on the same pool; ours from the rollout "
     "workers, one batched chain run per worker and task; TRL's reward function, one batched run per task",
-    "reward after training: both trained allocators scored the same way, by their greedy pool model among the "
-    "candidates on {n_eval} held-out test subtasks (TRL's is not scored on its free generation)",
+    "reward after training: both trained allocators scored the same way on {n_eval} held-out test subtasks, each "
+    "run once on every pool model: the expected reward of sampling the tier softmax at the training temperature "
+    "(what both trainers raise; exact over the tiers, TRL's sampling restricted to the candidates is the same "
+    "softmax) and, beside it, the reward of the greedy pool model (TRL's is not scored on its free generation)",
 ]
 
 
@@ -90,33 +89,16 @@ def trl_reward_fn(cfg: Config, pool, model_ids: list[str], tasks: dict, problems
                   candidates: list[list[int]], cost_ref_: dict[str, float], counts: dict):
     """TRL's reward function: each completion's model id parsed from its tokens, its subtask run on that
     pool model (the same chain as ours), R2's reward; a completion naming no pool model scores 0."""
-    one_step = one_step_config(cfg)
 
     def parse(ids: list[int]) -> int | None:
         return next((k for k, c in enumerate(candidates) if list(ids[: len(c)]) == c), None)
-
-    async def run(calls: list[tuple[int, int]]) -> list[float]:
-        by_task: dict[str, list[tuple[int, Example, int]]] = {}
-        for i, (pid, tier) in enumerate(calls):
-            task, ex = problems[pid]
-            by_task.setdefault(task, []).append((i, replace(ex, id=f"{ex.id}#{i}"), tier))
-        runs = await asyncio.gather(*(
-            areason_batch([ex for _, ex, _ in rows], PlannedRouter({ex.id: [ex.query] for _, ex, _ in rows},
-                                                                   {ex.id: [tier] for _, ex, tier in rows}),
-                          pool, tasks[task], one_step.reason, model_ids, review=False)
-            for task, rows in by_task.items()))
-        out = [0.0] * len(calls)
-        for rows, trajs in zip(by_task.values(), runs):
-            for (i, _, _), t in zip(rows, trajs):
-                out[i] = trajectory_reward(one_step, t, cost_ref_)
-        return out
 
     def reward_fn(prompts, completions, completion_ids, pid, **_):
         tiers = [parse(ids) for ids in completion_ids]
         counts["completions"] += len(tiers)
         counts["invalid"] += sum(t is None for t in tiers)
-        valid = [(i, (p, t)) for i, (p, t) in enumerate(zip(pid, tiers)) if t is not None]
-        scores = asyncio.run(run([c for _, c in valid])) if valid else []
+        valid = [(i, (problems[p], t)) for i, (p, t) in enumerate(zip(pid, tiers)) if t is not None]
+        scores = planned_rewards(cfg, pool, model_ids, tasks, [c for _, c in valid], cost_ref_) if valid else []
         out = [reward(0.0, 0.0, False, cfg.reward.lam, cfg.reward.beta, 1.0)] * len(tiers)
         for (i, _), s in zip(valid, scores):
             out[i] = s
@@ -209,20 +191,17 @@ def measure(ctx: PerfContext) -> dict:
         tasks = build_world(cfg).tasks
         ref = cost_ref(cfg, pool, model_ids, tasks)
         problems = one_step_problems(tasks, "train", sizes["steps"] * sizes["batch"], cfg.seed)
-        held_out = one_step_problems(tasks, "test", sizes["eval"], cfg.seed)
-
-        def score(lm: PolicyLM) -> float:
-            return greedy_reward(cfg, pool, model_ids, lm, tasks, held_out, ref)
-
-        before = score(PolicyLM.from_pretrained(allocator_dir, device="cpu"))  # also warms the pool up
+        held_out = HeldOutRewards(cfg, pool, model_ids, tasks, one_step_problems(tasks, "test", sizes["eval"], cfg.seed),
+                                  ref)  # also warms the pool up
+        before = held_out.score(PolicyLM.from_pretrained(allocator_dir, device="cpu"))
         ctx.console.print(f"peer_trl: {sizes['steps']} steps of {sizes['batch']} subtasks x G={cfg.train.group_size}; "
-                          f"held-out reward before training {before:.4f}")
+                          f"held-out reward before training {before['expected']:.4f} (greedy {before['greedy']:.4f})")
         ours = run_ours(cfg, pool, model_ids, allocator_dir, problems, sizes, ref)
-        ours_reward = score(ours["lm"])
+        ours_reward = held_out.score(ours["lm"])
         piped = run_ours(cfg, pool, model_ids, allocator_dir, problems, sizes, ref, pipelined=True)
-        piped_reward = score(piped["lm"])
+        piped_reward = held_out.score(piped["lm"])
         trl = run_trl(cfg, pool, model_ids, tasks, allocator_dir, problems, sizes, ref, str(ctx.out / "peer_trl"))
-        trl_reward = score(trl["lm"])
+        trl_reward = held_out.score(trl["lm"])
     ours_s, trl_s = statistics.median(ours["step_s"]), statistics.median(trl["step_s"])
     piped_s = statistics.median(piped["step_s"])
     train = cfg.train
@@ -232,17 +211,21 @@ def measure(ctx: PerfContext) -> dict:
              "beta": cfg.reward.beta, "tiers": len(model_ids), "kl": train.kl_coef,
              "ours_skipped": sum("skipped" in h for h in ours["history"]), "steps": sizes["steps"],
              "clip": train.clip, "wd": train.weight_decay, "lr": train.grpo_lr, "zero": train.zero_stage,
-             "workers": WORKERS, "threads": trl["threads"], "n_eval": len(held_out)}
+             "workers": WORKERS, "threads": trl["threads"], "n_eval": len(held_out.problems)}
     return {
         "peer_trl_ratio": ours_s / trl_s,
         # the same, our trainer with train.pipelined (one step off-policy; TRL's trainer is synchronous)
         "peer_trl_ratio_pipelined": piped_s / trl_s,
         "peer_trl": {
-            "pipelined_s_per_step": piped_s, "pipelined_reward": piped_reward,
+            "pipelined_s_per_step": piped_s, "pipelined_reward": piped_reward["expected"],
             "pipelined_train_reward": [h["reward"] for h in piped["history"]],
             "ours_s_per_step": ours_s, "trl_s_per_step": trl_s,
-            "ours_reward": ours_reward, "trl_reward": trl_reward, "reward_before": before,
-            "steps": sizes["steps"], "G": train.group_size, "batch": sizes["batch"],
+            # held-out reward: expected under each allocator's tier sampling; greedy: of its argmax tier
+            "ours_reward": ours_reward["expected"], "trl_reward": trl_reward["expected"],
+            "reward_before": before["expected"],
+            "greedy_reward": {"before": before["greedy"], "ours": ours_reward["greedy"],
+                              "pipelined": piped_reward["greedy"], "trl": trl_reward["greedy"]},
+            "steps": sizes["steps"], "G": train.group_size, "batch": sizes["batch"], "n_eval": facts["n_eval"],
             "ours_step_s": summary(ours["step_s"]), "trl_step_s": summary(trl["step_s"]),
             "ours_setup_s": ours["setup_s"], "trl_setup_s": trl["setup_s"],
             "ours_train_reward": [h["reward"] for h in ours["history"]], "trl_train_reward": trl["rewards"],

@@ -49,8 +49,9 @@ def rows(r: dict) -> list[tuple[str, str, str, str]]:
          f"{r['dynamic_reward']['wall_s']:.0f} s: {r['dynamic_reward']['sync']:.4f} vs {r['dynamic_reward']['dynamic']:.4f}"),
         ("`peer_trl_ratio`", f"{r['peer_trl_ratio']:.2f}", "<= 1.0",
          f"{t['ours_s_per_step']:.3f} vs {t['trl_s_per_step']:.3f} s a step ({t['steps']} steps, G {t['G']}, "
-         f"{t['batch']} subtasks); held-out reward ours {t['ours_reward']:.4f}, TRL {t['trl_reward']:.4f} "
-         f"(start {t['reward_before']:.4f})"),
+         f"{t['batch']} subtasks); held-out reward (expected at the sampling temperature) ours {t['ours_reward']:.4f}, "
+         f"TRL {t['trl_reward']:.4f} (start {t['reward_before']:.4f}); greedy tier ours {t['greedy_reward']['ours']:.4f}, "
+         f"TRL {t['greedy_reward']['trl']:.4f} (start {t['greedy_reward']['before']:.4f}); {t['n_eval']} subtasks"),
         ("`peer_trl_ratio_pipelined`", f"{r['peer_trl_ratio_pipelined']:.2f}", "",
          f"ours with `train.pipelined` (one step off-policy): {t['pipelined_s_per_step']:.3f} s a step, "
          f"held-out reward {t['pipelined_reward']:.4f}"),
