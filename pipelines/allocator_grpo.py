@@ -27,7 +27,7 @@ from policies.grpo import training_items
 from policies.policy_lm import PolicyLM
 from policies.reason import Trajectory, areason_batch
 from policies.reward import reward
-from policies.router import ActionSpace
+from policies.router import PolicyRouter
 
 
 def one_step_config(cfg: Config) -> Config:
@@ -93,12 +93,11 @@ class HeldOutRewards:
         self.table = torch.tensor(rewards, dtype=torch.float64).view(len(problems), n)
 
     def score(self, allocator: PolicyLM) -> dict[str, float]:
-        actions = ActionSpace(self.cfg.router.templates, self.model_ids)
-        prompts = [actions.templates.allocate_prompt(ex.query, self.model_ids, allocator.tokenizer)
-                   for _, ex in self.problems]
-        with torch.no_grad():
-            logp = actions.tier_logprobs(allocator, prompts, len(self.model_ids),
-                                         self.cfg.train.temperature).double().cpu()
+        router = PolicyRouter(None, allocator, self.model_ids, templates=self.cfg.router.templates,
+                              temperature=self.cfg.train.temperature)
+        decisions = router.allocate([ex.query for _, ex in self.problems], [ex for _, ex in self.problems],
+                                    len(self.model_ids))
+        logp = torch.tensor([d.tier_logprobs for d in decisions], dtype=torch.float64)
         greedy = self.table.gather(1, logp.argmax(-1, keepdim=True)).mean()
         return {"greedy": float(greedy), "expected": float((logp.exp() * self.table).sum(-1).mean())}
 

@@ -105,10 +105,12 @@ def test_held_out_rewards_score_an_allocator_as_the_chain_runs_it(zoo_config, zo
     allocator choosing greedily, and its expected reward from its tier probabilities at the temperature."""
     import asyncio
 
+    import torch
+
     from pipelines.allocator_grpo import HeldOutRewards, one_step_config, trajectory_reward
     from policies.policy_lm import PolicyLM
     from policies.reason import areason_batch
-    from policies.router import PolicyRouter
+    from policies.router import ActionSpace, PolicyRouter
 
     cfg, tasks = zoo_config, build_world(zoo_config).tasks
     ids = ray_local.get(zoo_pool.model_ids.remote())
@@ -128,8 +130,9 @@ def test_held_out_rewards_score_an_allocator_as_the_chain_runs_it(zoo_config, zo
     assert len(trajs) == 8
     assert score["greedy"] == pytest.approx(sum(trajectory_reward(one_step, t, ref) for t in trajs) / 8)
 
-    sampler = PolicyRouter(None, lm, ids, templates=cfg.router.templates, temperature=cfg.train.temperature)
-    decisions = sampler.allocate([ex.query for _, ex in probs], [ex for _, ex in probs], len(ids))
-    want = sum(sum(math.exp(lp) * r for lp, r in zip(d.tier_logprobs, row))
-               for d, row in zip(decisions, held.table.tolist())) / 8
+    actions = ActionSpace(cfg.router.templates, ids)
+    prompts = [actions.templates.allocate_prompt(ex.query, ids, lm.tokenizer) for _, ex in probs]
+    with torch.no_grad():
+        logp = actions.tier_logprobs(lm, prompts, len(ids), cfg.train.temperature).tolist()
+    want = sum(sum(math.exp(lp) * r for lp, r in zip(row_lp, row)) for row_lp, row in zip(logp, held.table.tolist())) / 8
     assert score["expected"] == pytest.approx(want)
