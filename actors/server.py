@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from dataclasses import dataclass, field
 
 import ray
@@ -62,6 +63,9 @@ class ModelServerImpl:
         if self.backend.continuous_batching:
             try:
                 return await self.backend.agenerate(prompts, params)
+            except Exception as err:
+                self._exit_if_dead(err)
+                raise
             finally:
                 self.batches_run += 1
         self._ensure_loop()
@@ -104,6 +108,7 @@ class ModelServerImpl:
             for r, out in zip(batch, outs):
                 r.future.set_result(out)
         except Exception as err:  # the callers see the failure; the server keeps serving
+            self._exit_if_dead(err)
             outcomes = getattr(err, "outcomes", None) or [err] * len(batch)
             for r, out in zip(batch, outcomes):
                 if r.future.done():
@@ -115,6 +120,15 @@ class ModelServerImpl:
         finally:
             self.batches_run += 1
             slots.release()
+
+    def _exit_if_dead(self, err: Exception) -> None:
+        """A backend that can never serve again (`Backend.dead`: e.g. a vLLM engine process that died)
+        takes its server down with it, as a SIGKILL would: Ray starts a fresh server (`max_restarts`) and
+        retries every call that was in flight (`max_task_retries`)."""
+        if self.backend.dead():
+            print(f"ModelServer {self.model_id!r}: its backend is dead ({type(err).__name__}: {err}); "
+                  "exiting so that Ray restarts the server", file=sys.stderr, flush=True)
+            os._exit(1)
 
     def queue_length(self) -> int:
         return len(self.queue)

@@ -24,6 +24,11 @@ class Backend(abc.ABC):
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
         """Batched generation; one completion per prompt, in order."""
 
+    def dead(self) -> bool:
+        """True when the backend can never serve again (e.g. its engine process died): its server exits so
+        that Ray starts a fresh one and retries the calls."""
+        return False
+
     def close(self) -> None:  # pragma: no cover - optional
         pass
 

@@ -380,6 +380,10 @@ class VLLMBackend(Backend):
             return await coro
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop.loop))
 
+    def dead(self) -> bool:
+        """The engine core process exited (vLLM then fails every request with `EngineDeadError`)."""
+        return self._engine is not None and bool(self._engine.errored)
+
     # -- teardown ----------------------------------------------------------------------------------------
     @staticmethod
     def _cleanup(engine, loop: _LoopThread | None, tmp: str | None) -> None:
