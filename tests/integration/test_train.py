@@ -118,6 +118,9 @@ def test_labels_cover_both_policies(sft_config):
     assert all((r["task"], r["id"]) in train for r in rows)
 
 
+SKIP_SEEDS = range(1, 13)  # training seeds tried for a run with a step that updates no policy (~10 s each)
+
+
 def with_train(cfg, **update):
     return cfg.model_copy(update={"train": cfg.train.model_copy(update=update)})
 
@@ -282,19 +285,28 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_step_for_step(sft_con
 
     from pipelines.train import Trainer
 
-    settings = {**dict(s.split("=", 1) for s in SMALL), "train.seed": "1", "train.temperature": "0.3",
-                "train.queries_per_step": "4", "train.alternate_every": "2", "train.checkpoint_every": "2",
+    # Whether a step goes without spread depends on the SFT router this session's test world trained; the
+    # first training seed whose uninterrupted run skips a step before step 4 is the one faulted (so the
+    # checkpoint at step 4, resumed from below, follows a skip)
+    tried = {}
+    for seed in SKIP_SEEDS:
+        cfg = with_train(sft_config, seed=seed, temperature=0.3, queries_per_step=2, alternate_every=2,
+                         checkpoint_every=2, grpo_steps=8)
+        reference = Trainer(cfg, Console(quiet=True), pool=zoo_pool)
+        expected = reference.fit()
+        reference.close()
+        tried[seed] = [h["step"] for h in expected if h["items"] == 0]
+        early = [s for s in tried[seed] if s < 4]
+        if early:
+            break
+    assert early, f"no training seed skipped a step before step 4 (skipped steps by seed: {tried})"
+    assert any(h["items"] for h in expected)  # and the learner does update in the run
+    print(f"\nfaulted: train.seed {seed}; skipped steps by seed: {tried}")
+    settings = {**dict(s.split("=", 1) for s in SMALL), "train.seed": str(seed), "train.temperature": "0.3",
+                "train.queries_per_step": "2", "train.alternate_every": "2", "train.checkpoint_every": "2",
                 "train.grpo_steps": "8"}
-    cfg = with_train(sft_config, seed=1, temperature=0.3, queries_per_step=4, alternate_every=2,
-                     checkpoint_every=2, grpo_steps=8)
-    reference = Trainer(cfg, Console(quiet=True), pool=zoo_pool)
-    expected = reference.fit()
-    reference.close()
-    skipped = [h["step"] for h in expected if h["items"] == 0]
-    early = [s for s in skipped if s < 4]  # so the checkpoint at step 4, resumed from below, follows a skip
-    assert early, f"no skipped step before step 4 (skipped: {skipped}); change the seed"
     kill_after = [early[0], 4]  # right after the skipped step; right after the phase boundary at step 4
-    history = Path(cfg.run_dir) / "train-seed1" / "history.jsonl"
+    history = Path(cfg.run_dir) / f"train-seed{seed}" / "history.jsonl"
     args = [sys.executable, "-m", "pipelines.train", "--config", "configs/test.yaml",
             "--set", f"run_dir={cfg.run_dir}", *(x for k, v in settings.items() for x in ("--set", f"{k}={v}"))]
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
