@@ -285,13 +285,14 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_step_for_step(sft_con
 
     from pipelines.train import Trainer
 
-    # Whether a step goes without spread depends on the SFT router this session's test world trained; the
-    # first training seed whose uninterrupted run skips a step before step 4 is the one faulted (so the
-    # checkpoint at step 4, resumed from below, follows a skip)
+    # Whether a step goes without spread depends on the SFT router the test world trained (its labels and
+    # weights vary from one fresh test world to the next); the first training seed whose uninterrupted run
+    # skips a step before step 4 is the one faulted (so the checkpoint at step 4, resumed from below,
+    # follows a skip)
+    run = {"temperature": 0.3, "queries_per_step": 2, "alternate_every": 2, "checkpoint_every": 2, "grpo_steps": 8}
     tried = {}
     for seed in SKIP_SEEDS:
-        cfg = with_train(sft_config, seed=seed, temperature=0.3, queries_per_step=2, alternate_every=2,
-                         checkpoint_every=2, grpo_steps=8)
+        cfg = with_train(sft_config, seed=seed, **run)
         reference = Trainer(cfg, Console(quiet=True), pool=zoo_pool)
         expected = reference.fit()
         reference.close()
@@ -302,9 +303,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_step_for_step(sft_con
     assert early, f"no training seed skipped a step before step 4 (skipped steps by seed: {tried})"
     assert any(h["items"] for h in expected)  # and the learner does update in the run
     print(f"\nfaulted: train.seed {seed}; skipped steps by seed: {tried}")
-    settings = {**dict(s.split("=", 1) for s in SMALL), "train.seed": str(seed), "train.temperature": "0.3",
-                "train.queries_per_step": "2", "train.alternate_every": "2", "train.checkpoint_every": "2",
-                "train.grpo_steps": "8"}
+    settings = {**dict(s.split("=", 1) for s in SMALL), **{f"train.{k}": str(v) for k, v in {**run, "seed": seed}.items()}}
     kill_after = [early[0], 4]  # right after the skipped step; right after the phase boundary at step 4
     history = Path(cfg.run_dir) / f"train-seed{seed}" / "history.jsonl"
     args = [sys.executable, "-m", "pipelines.train", "--config", "configs/test.yaml",

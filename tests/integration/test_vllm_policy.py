@@ -222,25 +222,11 @@ def test_the_pools_vllm_server_batches_continuously(setup):
     assert max(waits) < 0.4 * duration  # waiting for the long call would take at least 0.6 of it
 
 
-def _children(pid: int) -> list[int]:
-    """The live child processes of `pid` (from /proc)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(stat.parent.name))
-    return out
-
-
 def test_a_pool_server_whose_engine_dies_is_restarted_and_its_call_retried(setup):
     """The vLLM engine core process of the pool's vllm server is SIGKILLed (vLLM then fails every request
     with `EngineDeadError`): the server exits, Ray starts a fresh one, and the call that found the engine
     dead is retried there and decodes what the engine decoded before. Runs last: it replaces the server."""
-    import signal
-
+    import psutil
     import ray
 
     pool = setup["pool"]
@@ -248,12 +234,9 @@ def test_a_pool_server_whose_engine_dies_is_restarted_and_its_call_retried(setup
     prompts = [format_prompt(ex.query) for exs in setup["examples"].values() for ex in exs]
     before = ray.get(pool.generate.remote("large", prompts, greedy))
     server_pid = ray.get(pool.server_stats.remote())["large"][0]["pid"]
-    [engine_pid] = [p for p in _children(server_pid)
-                    if "EngineCore" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
-    os.kill(engine_pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while engine_pid in _children(server_pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    [engine] = [p for p in psutil.Process(server_pid).children() if "EngineCore" in " ".join(p.cmdline())]
+    engine.kill()
+    engine.wait(timeout=30)
     start = time.perf_counter()
     after = ray.get(pool.generate.remote("large", prompts, greedy), timeout=300)
     stats = ray.get(pool.server_stats.remote())["large"][0]
