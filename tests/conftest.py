@@ -15,13 +15,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+# The test world's seed (configs/test.yaml: 0). `R2R_TEST_SEED=N pytest ...` trains the test world at
+# another seed (its own run folder): every trained model in the suite then takes another trajectory.
+TEST_SEED = int(os.environ.get("R2R_TEST_SEED", "0"))
+TEST_WORLD = [f"run_dir={ROOT / 'runs' / ('tests' if not TEST_SEED else f'tests-seed{TEST_SEED}')}",
+              *([f"seed={TEST_SEED}"] if TEST_SEED else [])]
+
+
 @pytest.fixture(scope="session")
 def zoo_config():
     """configs/test.yaml with its zoo trained (by the project's own zoo pipeline)."""
     from core.config import load_config
     from pipelines.zoo import run_zoo
 
-    cfg = load_config(ROOT / "configs" / "test.yaml", [f"run_dir={ROOT / 'runs' / 'tests'}"])
+    cfg = load_config(ROOT / "configs" / "test.yaml", TEST_WORLD)
     run_zoo(cfg)
     return cfg
 
@@ -60,22 +67,34 @@ def zoo_pool(zoo_config, ray_local):
 
 
 @pytest.fixture(scope="session")
-def sft_config(zoo_config, zoo_pool):
-    """configs/test.yaml (+ `tests_support.SMALL`) with labels searched and both policies SFT-trained."""
+def sft_config(zoo_config, zoo_pool, zoo_card):
+    """configs/test.yaml (+ `tests_support.SMALL`) with labels searched and both policies SFT-trained. The
+    SFT stage's outputs (labels, SFT router, reference cost) are reused by later sessions (the suite's other
+    pytest processes) while the config and the zoo are unchanged; training runs always start afresh."""
+    import hashlib
     import shutil
 
     from tests_support import SMALL
 
     from core.config import load_config
+    from pipelines.runs import COST_REF, router_dir
     from pipelines.sft import run_sft_stage
 
-    root = zoo_config.zoo_dir.parent
-    for d in ("labels", "router", "train"):
+    cfg = load_config(ROOT / "configs" / "test.yaml", [*TEST_WORLD, *SMALL])
+    root, stamp = cfg.run_path, cfg.run_path / "sft.stamp"
+    key = hashlib.sha256((cfg.model_dump_json() + json.dumps(zoo_card, sort_keys=True)).encode()).hexdigest()
+    for d in ("train", "router/grpo"):
         shutil.rmtree(root / d, ignore_errors=True)
-    (root / "cost_ref.json").unlink(missing_ok=True)
-    cfg = load_config(ROOT / "configs" / "test.yaml", [f"run_dir={root}", *SMALL])
+    if stamp.exists() and stamp.read_text() == key:
+        return cfg
+    stamp.unlink(missing_ok=True)
+    for d in ("labels", "router"):
+        shutil.rmtree(root / d, ignore_errors=True)
+    (root / COST_REF).unlink(missing_ok=True)
     out = run_sft_stage(cfg, Console(quiet=True), pool=zoo_pool)
+    assert out == router_dir(cfg, "sft")
     assert (out / "decomposer" / "config.json").exists() and (out / "allocator" / "config.json").exists()
+    stamp.write_text(key)
     return cfg
 
 

@@ -62,18 +62,28 @@ def one_rank(setup):
         one.kill()
 
 
+def unequal_split(items: list) -> list[list]:
+    """The items as two shards of different sizes and token counts: the first 3 (or 4) items and the rest.
+    Prefix token counts strictly increase, so at most one prefix holds exactly half of the tokens."""
+    tokens = [len(i.token_ids) for i in items]
+    k = 3 if 2 * sum(tokens[:3]) != sum(tokens) else 4
+    shards = [items[:k], items[k:]]
+    assert sum(tokens[:k]) != sum(tokens[k:]) and len(shards[0]) != len(shards[1])
+    return shards
+
+
 @pytest.mark.parametrize("micro_batch", [None, 2], ids=["whole-shards", "micro-batches-of-2"])
 def test_two_ranks_with_unequal_shards_equal_one_rank(setup, one_rank, micro_batch):
-    """With micro-batches of 2, the ranks run 2 and 5 micro-batches' worth of items in 5 backward passes
-    each (rank 0 adds empty ones) and the single rank 6: the update is the same."""
+    """Two ranks on shards of 3 (or 4) and 9 (or 8) sequences of different token counts update the policy as
+    one rank does on the whole batch; with micro-batches of 2 the ranks pad to the same number of backward
+    passes (the shorter shard adds empty ones)."""
     cfg, dirs, ids, batches = setup
     start, one_stats, p1 = one_rank
     two = group(cfg, dirs, ids, 2, micro_batch=micro_batch)
     try:
         assert torch.equal(params(two), start)
         for step, (items, a) in enumerate(zip(batches, one_stats)):
-            shards = [items[:3], items[3:]]  # 3 and 9 sequences: different token counts
-            assert sum(len(i.token_ids) for i in shards[0]) != sum(len(i.token_ids) for i in shards[1])
+            shards = unequal_split(items)
             b = two.grpo_step("decomposer", items, shards=shards)
             # from the same weights the step's statistics agree; later steps start from weights that differ
             # by float rounding (bounded below), which the loss amplifies through exp(logp - old logp)

@@ -37,6 +37,8 @@ def test_smollm_bench_runs_the_paper_path(smollm_dir, tmp_path, ray_local):
         "reason.decompose_max_tokens=24", "reason.step_max_tokens=6",
         "train.sft_epochs=1", "train.sft_epochs_decomposer=1", "train.grpo_steps=1"])
     results = run_bench(cfg, 1, Console(quiet=True))
+    print(f"smollm bench wall seconds: {results['wall_s']}; per benchmark: "
+          f"{ {n: r['wall_s'] for n, r in results['tasks'].items()} }")
 
     assert json.loads((tmp_path / "run" / "bench" / "results.json").read_text()) == results
     assert results["pool"] == ["smollm2-hf"] and list(results["tasks"]) == BENCHMARKS

@@ -118,9 +118,6 @@ def test_labels_cover_both_policies(sft_config):
     assert all((r["task"], r["id"]) in train for r in rows)
 
 
-SKIP_SEEDS = range(1, 13)  # training seeds tried for a run with a step that updates no policy (~10 s each)
-
-
 def with_train(cfg, **update):
     return cfg.model_copy(update={"train": cfg.train.model_copy(update=update)})
 
@@ -270,11 +267,35 @@ def test_resume_passes_over_a_partial_checkpoint(sft_config, zoo_pool, capsys):
     assert "step-00000002 is incomplete" in out and "resumed from" in out and "step-00000001" in out
 
 
+def router_with_certain_decomposer(sft_config, run_dir):
+    """A run folder whose SFT router has a decomposer that samples one decomposition only (its final norm,
+    and so its logits, scaled up 100x) and an allocator that samples every tier alike (its logits zeroed).
+    A decomposer step then sees no reward spread in any group (its allocator decodes greedily): it updates
+    nothing; an allocator step almost surely does (two samples of a query differ in some subtask's tier,
+    and so in cost, with probability >= 3/4)."""
+    import shutil
+
+    import torch
+
+    from pipelines.runs import COST_REF, router_dir
+    from policies.policy_lm import PolicyLM
+
+    sft = router_dir(sft_config.model_copy(update={"run_dir": str(run_dir)}), "sft")
+    shutil.copytree(router_dir(sft_config, "sft"), sft)
+    for policy, scale in (("decomposer", 100.0), ("allocator", 0.0)):
+        lm = PolicyLM.from_pretrained(sft / policy, device="cpu")
+        with torch.no_grad():
+            lm.model.model.norm.weight.mul_(scale)
+        lm.save(sft / policy)
+    if (sft_config.run_path / COST_REF).exists():  # measured once for the test world
+        shutil.copy(sft_config.run_path / COST_REF, run_dir / COST_REF)
+
+
 def test_resume_after_sigkill_matches_an_uninterrupted_run_step_for_step(sft_config, zoo_pool, ray_local, tmp_path):
     """The driver is SIGKILLed twice: right after a step that did not update the learner (no group had
-    reward spread), and right after a phase boundary (step 4, which the checkpoint at step 4 precedes:
-    one taken after the skipped step); each `--resume` continues from the newest complete checkpoint.
-    History then holds every step once, equal to an uninterrupted run's."""
+    reward spread; the checkpoint at step 2 is taken right after it), and right after a phase boundary
+    (step 4, which the checkpoint at step 4 precedes); each `--resume` continues from the newest complete
+    checkpoint. History then holds every step once, equal to an uninterrupted run's."""
     import json
     import os
     import subprocess
@@ -285,35 +306,29 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_step_for_step(sft_con
 
     from pipelines.train import Trainer
 
-    # Whether a step goes without spread depends on the SFT router the test world trained (its labels and
-    # weights vary from one fresh test world to the next); the first training seed whose uninterrupted run
-    # skips a step before step 4 is the one faulted (so the checkpoint at step 4, resumed from below,
-    # follows a skip)
-    run = {"temperature": 0.3, "queries_per_step": 2, "alternate_every": 2, "checkpoint_every": 2, "grpo_steps": 8}
-    tried = {}
-    for seed in SKIP_SEEDS:
-        cfg = with_train(sft_config, seed=seed, **run)
-        reference = Trainer(cfg, Console(quiet=True), pool=zoo_pool)
-        expected = reference.fit()
-        reference.close()
-        tried[seed] = [h["step"] for h in expected if h["items"] == 0]
-        early = [s for s in tried[seed] if s < 4]
-        if early:
-            break
-    assert early, f"no training seed skipped a step before step 4 (skipped steps by seed: {tried})"
+    # the decomposer phase (steps 0, 1, 4, 5) skips by construction, the allocator phase (2, 3, 6, 7) learns
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    router_with_certain_decomposer(sft_config, run_dir)
+    run = {"temperature": 1.0, "queries_per_step": 2, "alternate_every": 2, "checkpoint_every": 2, "grpo_steps": 8}
+    zoo = sft_config.zoo.model_copy(update={"dir": str(sft_config.zoo_dir)})
+    cfg = with_train(sft_config.model_copy(update={"run_dir": str(run_dir), "zoo": zoo}), **run)
+    reference = Trainer(cfg, Console(quiet=True), pool=zoo_pool)
+    expected = reference.fit()
+    reference.close()
+    assert [h["items"] == 0 for h in expected if h["phase"] == "decomposer"] == [True] * 4, expected
     assert any(h["items"] for h in expected)  # and the learner does update in the run
-    print(f"\nfaulted: train.seed {seed}; skipped steps by seed: {tried}")
-    settings = {**dict(s.split("=", 1) for s in SMALL), **{f"train.{k}": str(v) for k, v in {**run, "seed": seed}.items()}}
-    kill_after = [early[0], 4]  # right after the skipped step; right after the phase boundary at step 4
-    history = Path(cfg.run_dir) / f"train-seed{seed}" / "history.jsonl"
-    args = [sys.executable, "-m", "pipelines.train", "--config", "configs/test.yaml",
-            "--set", f"run_dir={cfg.run_dir}", *(x for k, v in settings.items() for x in ("--set", f"{k}={v}"))]
+    settings = {**dict(s.split("=", 1) for s in SMALL), **{f"train.{k}": str(v) for k, v in run.items()}}
+    kill_after = [1, 4]  # right after the second skipped step (a checkpoint follows it); right after step 4
+    history = Path(cfg.run_dir) / "train" / "history.jsonl"
+    args = [sys.executable, "-m", "pipelines.train", "--config", "configs/test.yaml", "--set", f"run_dir={run_dir}",
+            "--set", f"seed={sft_config.seed}", "--set", f"zoo.dir={sft_config.zoo_dir}", *(x for k, v in settings.items() for x in ("--set", f"{k}={v}"))]
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
 
     def steps_logged() -> list[int]:
         return [json.loads(x)["step"] for x in history.read_text().splitlines()] if history.exists() else []
 
-    def checkpointed() -> bool:  # a complete checkpoint to resume from (a skip at step 0 or 1 precedes the first)
+    def checkpointed() -> bool:  # a complete checkpoint to resume from
         return any((d / "manifest.json").exists() for d in (history.parent / "checkpoints").glob("step-*"))
 
     resumed_at = []
@@ -328,7 +343,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_step_for_step(sft_con
         if i:
             assert resumed is not None, out.read_text()[-3000:]
             resumed_at.append(resumed)
-    assert resumed_at[-1] <= 4  # the second resume replays the boundary step
+    assert resumed_at[0] == 2 and resumed_at[-1] <= 4  # resumed after the skips; the second replays step 4
     rows = [json.loads(x) for x in history.read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(8))  # each step exactly once
     for want, got in zip(expected, rows):
