@@ -269,7 +269,8 @@ def test_resume_passes_over_a_partial_checkpoint(sft_config, zoo_pool, capsys):
 
 def router_with_certain_decomposer(sft_config, run_dir):
     """A run folder whose SFT router has a decomposer that samples one decomposition only (its final norm,
-    and so its logits, scaled up 100x) and an allocator that samples every tier alike (its logits zeroed).
+    and so its logits, scaled up 10^4x: a token 0.01 below the best gets probability 0 in float32) and an
+    allocator that samples every tier alike (its logits zeroed).
     A decomposer step then sees no reward spread in any group (its allocator decodes greedily): it updates
     nothing; an allocator step almost surely does (two samples of a query differ in some subtask's tier,
     and so in cost, with probability >= 3/4)."""
@@ -282,7 +283,7 @@ def router_with_certain_decomposer(sft_config, run_dir):
 
     sft = router_dir(sft_config.model_copy(update={"run_dir": str(run_dir)}), "sft")
     shutil.copytree(router_dir(sft_config, "sft"), sft)
-    for policy, scale in (("decomposer", 100.0), ("allocator", 0.0)):
+    for policy, scale in (("decomposer", 1e4), ("allocator", 0.0)):
         lm = PolicyLM.from_pretrained(sft / policy, device="cpu")
         with torch.no_grad():
             lm.model.model.norm.weight.mul_(scale)
