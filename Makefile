@@ -41,13 +41,16 @@ test: setup
 	$(LANE) cluster $(PYTEST) tests/cluster  # starts its own Ray clusters: a process of its own
 	$(LANE) reliability $(PYTEST) --timeout 600 tests/reliability  # faults injected into real components: a process of its own
 
-# Order checks (not in CI: each is a suite's length or more). test-order: the suite shuffled by
-# pytest-random-order (its seed printed; rerun one with `--random-order-seed=N`);
-# test-files: each test file in a pytest process of its own (session fixtures rebuilt or reloaded).
+# Order checks (not in CI: each is a suite's length or more). test-order: the main and reliability suites
+# shuffled by pytest-random-order (module buckets: a module's fixtures are still built once), at ORDER_SEED
+# (printed; `make test-order ORDER_SEED=N` replays an order); test-files: each test file in a pytest
+# process of its own (session fixtures rebuilt or reloaded).
 TEST_DIRS := tests --ignore=tests/cluster --ignore=tests/reliability
+ORDER_SEED ?= $(shell date +%s)
 test-order: setup
-	$(PYTEST) --random-order $(TEST_DIRS)
-	$(PYTEST) --random-order tests/reliability
+	@echo "test order seed $(ORDER_SEED) (replay: make test-order ORDER_SEED=$(ORDER_SEED))"
+	$(PYTEST) --random-order-seed=$(ORDER_SEED) $(TEST_DIRS)
+	$(PYTEST) --timeout 600 --random-order-seed=$(ORDER_SEED) tests/reliability
 
 test-files: setup
 	set -e; for f in $$(find tests -name 'test_*.py' | sort); do $(PYTEST) "$$f"; done
