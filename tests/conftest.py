@@ -66,7 +66,11 @@ def zoo_pool(zoo_config, ray_local):
     ray_local.kill(pool)
 
 
-SFT_OUTPUTS = ("labels", "router/sft", "cost_ref.json")  # what the SFT stage writes in a run folder
+def sft_outputs() -> tuple[str, ...]:
+    """What the SFT stage writes in a run folder (imported lazily: `pipelines` is slow to import)."""
+    from pipelines.runs import COST_REF
+
+    return ("labels", "router/sft", COST_REF)
 
 
 def sft_world():
@@ -78,6 +82,9 @@ def sft_world():
     return load_config(ROOT / "configs" / "test.yaml", [*TEST_WORLD, *SMALL])
 
 
+SFT_STAMP = "sft.stamp"  # in the run folder, beside the outputs it vouches for
+
+
 def sft_stamp(cfg, zoo_card: dict) -> str:
     """What the SFT stage's outputs in `cfg`'s run folder were made from: the config and the zoo."""
     import hashlib
@@ -87,7 +94,7 @@ def sft_stamp(cfg, zoo_card: dict) -> str:
 
 def current_sft(cfg, zoo_card: dict) -> bool:
     """Whether `cfg`'s run folder holds SFT-stage outputs made from this config and zoo."""
-    stamp = cfg.run_path / "sft.stamp"
+    stamp = cfg.run_path / SFT_STAMP
     return stamp.exists() and stamp.read_text() == sft_stamp(cfg, zoo_card)
 
 
@@ -107,8 +114,8 @@ def sft_config(zoo_config, zoo_pool, zoo_card):
         shutil.rmtree(root / d, ignore_errors=True)
     if current_sft(cfg, zoo_card):
         return cfg
-    (root / "sft.stamp").unlink(missing_ok=True)
-    for part in map(root.joinpath, SFT_OUTPUTS):
+    (root / SFT_STAMP).unlink(missing_ok=True)
+    for part in map(root.joinpath, sft_outputs()):
         if part.is_dir():
             shutil.rmtree(part)
         else:
@@ -116,7 +123,7 @@ def sft_config(zoo_config, zoo_pool, zoo_card):
     out = run_sft_stage(cfg, Console(quiet=True), pool=zoo_pool)
     assert out == router_dir(cfg, "sft")
     assert (out / "decomposer" / "config.json").exists() and (out / "allocator" / "config.json").exists()
-    (root / "sft.stamp").write_text(sft_stamp(cfg, zoo_card))
+    (root / SFT_STAMP).write_text(sft_stamp(cfg, zoo_card))
     return cfg
 
 

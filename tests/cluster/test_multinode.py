@@ -35,7 +35,7 @@ def test_three_nodes_place_each_group_where_the_config_pins_it(zoo_config, zoo_c
     import shutil
 
     import ray
-    from conftest import SFT_OUTPUTS, current_sft, sft_world
+    from conftest import current_sft, sft_outputs, sft_world
     from ray.cluster_utils import Cluster
     from tests_support import SMALL
 
@@ -46,7 +46,7 @@ def test_three_nodes_place_each_group_where_the_config_pins_it(zoo_config, zoo_c
     pinned = load_config("configs/test.yaml", base + [f"{k}={json.dumps(v)}" for k, v in PINS.items()])
     shared = sft_world()  # the suite's SFT router, where another session made it from this zoo: the run
     reuse = current_sft(shared, zoo_card)  # starts from it, else trains its own (in the pinned cluster)
-    for part in SFT_OUTPUTS if reuse else ():
+    for part in sft_outputs() if reuse else ():
         copy = shutil.copytree if (shared.run_path / part).is_dir() else shutil.copy
         copy(shared.run_path / part, pinned.run_path / part)
     cluster = Cluster(initialize_head=True, connect=True, head_node_args={
