@@ -52,33 +52,43 @@ def check_fallbacks(models: list[PoolModelConfig]) -> None:
 
 class ModelPoolImpl:
     def __init__(self, models: list[dict], replicas: int = 1, batch_window_ms: float = 5.0,
-                 max_batch: int = 64, server_options: dict | None = None):
+                 max_batch: int = 64, server_options: dict | None = None, colocate: bool = False):
         specs = [PoolModelConfig.model_validate(m) for m in models]
         check_fallbacks(specs)
         self.cost_model = CostModel({s.id: s.price for s in specs})
         # tiers: cheapest first (by completion-token price, then declaration order)
         order = sorted(range(len(specs)), key=lambda i: (self.cost_model.output_price(specs[i].id), i))
         self.specs = {specs[i].id: specs[i] for i in order}
-        self.replicas: dict[str, list] = {}
+        self.replicas: dict[str, list] = {s.id: [] for s in self.specs.values()}
         self.inflight: dict[str, list[int]] = {}
+        # one server per replica; with `colocate`, replica r of every hf model shares server r's process
+        shared: dict[int, list[tuple[str, str, dict]]] = {}
+        own: list[tuple[PoolModelConfig, tuple[str, str, dict]]] = []
         for s in self.specs.values():
             n = s.replicas or replicas
-            spec = s.model_dump(exclude={"price", "python", "fallback"})
-            opts = {**(server_options or {"num_cpus": 0.25}), "max_concurrency": 1000}
-            if s.python:  # the server's own interpreter, e.g. a venv with vllm
-                opts["runtime_env"] = {"py_executable": s.python}
-            self.replicas[s.id] = [
-                ModelServer.options(**opts).remote(s.id, s.backend, spec, batch_window_ms, max_batch)
-                for _ in range(n)
-            ]
+            spec = (s.id, s.backend, s.model_dump(exclude={"price", "python", "fallback"}))
             self.inflight[s.id] = [0] * n
+            for r in range(n):
+                if colocate and s.backend == "hf" and not s.python:
+                    shared.setdefault(r, []).append(spec)
+                else:
+                    own.append((s, spec))
+        opts = {**(server_options or {"num_cpus": 0.25}), "max_concurrency": 1000}
+        groups = [(opts, models) for models in shared.values()]
+        for s, spec in own:  # a server's own interpreter, e.g. a venv with vllm
+            groups.append(({**opts, "runtime_env": {"py_executable": s.python}} if s.python else opts, [spec]))
+        self.servers = []
+        for o, models in groups:
+            server = ModelServer.options(**o).remote(models, batch_window_ms, max_batch)
+            self.servers.append(server)
+            for model_id, _, _ in models:
+                self.replicas[model_id].append(server)
         self.ledger = CostLedger()
 
     async def ready(self) -> list[str]:
         """Wait until every server has loaded its model; returns the model ids, cheapest first."""
-        for servers in self.replicas.values():
-            for s in servers:
-                await s.queue_length.remote()
+        for s in self.servers:
+            await s.queue_length.remote()
         return self.model_ids()
 
     def model_ids(self) -> list[str]:
@@ -130,7 +140,7 @@ class ModelPoolImpl:
         i = min(range(len(load)), key=load.__getitem__)
         load[i] += len(prompts)
         try:
-            return await self.replicas[model_id][i].generate.remote(prompts, params)
+            return await self.replicas[model_id][i].generate.remote(model_id, prompts, params)
         except EndpointError as err:
             cause = err.cause if isinstance(err, RayTaskError) else err  # the backend's own error
             return list(cause.outcomes or [cause] * len(prompts))
@@ -145,23 +155,37 @@ class ModelPoolImpl:
 
     async def placement(self) -> dict:
         """Where the dispatcher and each server run."""
-        return {"dispatcher": where(), "servers": [await s.placement.remote() for ss in self.replicas.values() for s in ss]}
+        return {"dispatcher": where(), "servers": [await s.placement.remote() for s in self.servers]}
 
     async def server_stats(self) -> dict[str, list[dict]]:
-        return {m: [await s.stats.remote() for s in servers] for m, servers in self.replicas.items()}
+        return {m: [await s.stats.remote(m) for s in servers] for m, servers in self.replicas.items()}
 
 
 ModelPool = ray.remote(max_restarts=1, max_task_retries=1)(ModelPoolImpl)
 
 
-def start_pool(cfg: Config, name: str | None = None):
-    """Create the pool actor for `cfg` and wait until its models are loaded; returns the handle."""
+SHARED_NAMESPACE = "r2r-pools"  # where pools named by `pool.name` live, so that every job finds them
+
+
+def shared_pool(name: str):
+    """The running pool named `name` (`pool.name`) on this cluster, or None."""
+    try:
+        return ray.get_actor(name, namespace=SHARED_NAMESPACE)
+    except ValueError:
+        return None
+
+
+def start_pool(cfg: Config, name: str | None = None, namespace: str | None = None):
+    """Create the pool actor for `cfg` and wait until its models are loaded; returns the handle. Named, an
+    actor of that name already running (in `namespace`, default the job's) is returned instead, once it is
+    checked to run this config's models."""
     models = [m.model_dump() for m in pool_models(cfg)]
     opts = {**cfg.pool.dispatcher.options(), "max_concurrency": 1000}
     if name:
-        opts.update(name=name, get_if_exists=True)
+        opts.update(name=name, get_if_exists=True, namespace=namespace)
     pool = ModelPool.options(**opts).remote(
-        models, cfg.pool.replicas, cfg.pool.batch_window_ms, cfg.pool.max_batch, cfg.pool.server.options())
+        models, cfg.pool.replicas, cfg.pool.batch_window_ms, cfg.pool.max_batch, cfg.pool.server.options(),
+        cfg.pool.colocate)
     ready = ray.get(pool.ready.remote())
     wanted = {m["id"] for m in models}
     if set(ready) != wanted:
@@ -169,4 +193,4 @@ def start_pool(cfg: Config, name: str | None = None):
     return pool
 
 
-__all__ = ["ModelPool", "ModelPoolImpl", "pool_models", "start_pool"]
+__all__ = ["SHARED_NAMESPACE", "ModelPool", "ModelPoolImpl", "pool_models", "shared_pool", "start_pool"]

@@ -1,4 +1,4 @@
-"""`ModelServer`: an async Ray actor holding one pool model. A backend that batches continuously (vLLM)
+"""`ModelServer`: an async Ray actor holding one pool model, or several small ones. A backend that batches continuously (vLLM)
 gets every call straight away; for the others the server micro-batches concurrent requests."""
 from __future__ import annotations
 
@@ -24,19 +24,11 @@ class _Request:
     future: asyncio.Future = field(repr=False)
 
 
-class ModelServerImpl:
-    """Continuous batching (`backend.continuous_batching`, vLLM): each call goes to the backend's
-    `agenerate` as it arrives, however many are in flight; the engine schedules new requests into its
-    running batch at every step. Micro-batching (hf and the others): requests arriving within
-    `batch_window_ms` of each other (same sampling params; see `_fill`) share one batched `generate` call of at most
-    `max_batch` prompts, one batch at a time (or `backend.concurrent_batches`); the backend runs in a
-    thread so the actor keeps accepting requests meanwhile. When some prompts of a batch fail for good
-    (an `EndpointError` with per-prompt `outcomes`), each caller gets back its own prompts' outcomes: its
-    completions, or an `EndpointError` that keeps the ones that did complete. `batches_run` counts
-    backend calls."""
+class HostedModel:
+    """One model in a server: its backend, and (for a backend that does not batch continuously) the
+    micro-batching queue in front of it."""
 
-    def __init__(self, model_id: str, backend: str, spec: dict, batch_window_ms: float = 5.0,
-                 max_batch: int = 64):
+    def __init__(self, model_id: str, backend: str, spec: dict, batch_window_ms: float, max_batch: int):
         self.model_id = model_id
         if backend == "hf":  # the GPU Ray gave this actor, if any
             spec = {**spec, "device": spec.get("device") or actor_device()}
@@ -50,9 +42,6 @@ class ModelServerImpl:
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
-
-    def placement(self) -> dict:
-        return {"model_id": self.model_id, **where()}
 
     def _ensure_loop(self) -> None:
         if self._loop_task is None or self._loop_task.done():
@@ -130,12 +119,38 @@ class ModelServerImpl:
                   "exiting so that Ray restarts the server", file=sys.stderr, flush=True)
             os._exit(1)
 
-    def queue_length(self) -> int:
-        return len(self.queue)
-
     def stats(self) -> dict:
         return {"model_id": self.model_id, "queue": len(self.queue), "batches_run": self.batches_run,
                 "pid": os.getpid()}
+
+
+class ModelServerImpl:
+    """An async Ray actor serving one pool model, or several small ones that share its process
+    (`pool.colocate`: one torch import and one process for all of them). Continuous batching
+    (`backend.continuous_batching`, vLLM): each call goes to the backend's `agenerate` as it arrives,
+    however many are in flight; the engine schedules new requests into its running batch at every step.
+    Micro-batching (hf and the others): requests for one model arriving within `batch_window_ms` of each
+    other (same sampling params; see `_fill`) share one batched `generate` call of at most `max_batch`
+    prompts, one batch at a time (or `backend.concurrent_batches`); the backend runs in a thread so the
+    actor keeps accepting requests meanwhile. When some prompts of a batch fail for good (an
+    `EndpointError` with per-prompt `outcomes`), each caller gets back its own prompts' outcomes: its
+    completions, or an `EndpointError` that keeps the ones that did complete. `batches_run` counts
+    backend calls. `models`: (model id, backend name, backend spec) of each model it serves."""
+
+    def __init__(self, models: list[tuple[str, str, dict]], batch_window_ms: float = 5.0, max_batch: int = 64):
+        self.models = {m: HostedModel(m, backend, spec, batch_window_ms, max_batch) for m, backend, spec in models}
+
+    def placement(self) -> dict:
+        return {"model_ids": list(self.models), **where()}
+
+    async def generate(self, model_id: str, prompts: list[str], params: SamplingParams) -> list[Completion]:
+        return await self.models[model_id].generate(prompts, params)
+
+    def queue_length(self) -> int:
+        return sum(len(m.queue) for m in self.models.values())
+
+    def stats(self, model_id: str) -> dict:
+        return self.models[model_id].stats()
 
 
 ModelServer = ray.remote(max_restarts=2, max_task_retries=2)(ModelServerImpl)

@@ -267,11 +267,17 @@ class PoolModelConfig(Strict):
 
 class PoolConfig(Strict):
     use_zoo: bool = True  # add every zoo model (hf backend) to the pool
+    # a pool shared by several jobs on one cluster: a job joins the running pool of this name (and leaves it
+    # running), else starts it under this name (it lives as long as that job)
+    name: str | None = Field(None, min_length=1)
     models: list[PoolModelConfig] = []
     replicas: int = Field(1, ge=1)  # default replicas per model
     batch_window_ms: float = Field(5.0, ge=0)
     max_batch: int = Field(64, ge=1)
     server: ActorResources = ActorResources()  # each model server (replica)
+    # small hf models share one server process (replica r of each in server r) instead of one each: one
+    # torch import and one process for all of them, which is what a CPU pool of tiny models wants
+    colocate: bool = False
     dispatcher: ActorResources = ActorResources(num_cpus=0)  # the ModelPool actor
 
 

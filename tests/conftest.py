@@ -58,10 +58,13 @@ def ray_local():
 @pytest.fixture(scope="session")
 def zoo_pool(zoo_config, ray_local):
     """One pool of the test zoo (configs/test.yaml's pool settings), started once for the tests and runs
-    that only call it; tests that fault, time or count a pool start their own."""
-    from actors.pool import start_pool
+    that only call it (training drivers in subprocesses join it by its name: `pool.name=TEST_POOL`); tests
+    that fault, time or count a pool start their own."""
+    from tests_support import TEST_POOL
 
-    pool = start_pool(zoo_config)
+    from actors.pool import SHARED_NAMESPACE, start_pool
+
+    pool = start_pool(zoo_config, TEST_POOL, SHARED_NAMESPACE)
     yield pool
     ray_local.kill(pool)
 

@@ -19,6 +19,9 @@ SMALL = ["labels.max_per_task=24", "labels.fraction=0.02", "labels.decomposition
          "train.alternate_every=1", "train.cost_ref_queries=8", "train.zero_stage=2", "wandb.mode=disabled"]
 
 
+TEST_POOL = "test-zoo"  # the name of the suite's shared pool of the test zoo (`zoo_pool`), for `pool.name`
+
+
 SHARP_WORDS = "what is one two three four five six seven plus minus times jump walk left right twice".split()
 
 

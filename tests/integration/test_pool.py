@@ -69,3 +69,45 @@ def test_tiers_are_ordered_by_price(pool, ray_local):
 def test_unknown_model_is_a_clear_error(pool, ray_local):
     with pytest.raises(Exception, match="unknown model 'nope'"):
         ray_local.get(pool.generate.remote("nope", ["x ="], SamplingParams()))
+
+
+def test_a_named_pool_is_joined_and_left_running(zoo_config, zoo_pool, ray_local):
+    """`pool.name`: a stage joins the running pool of that name (the suite's own is named `TEST_POOL`) and
+    leaves it running; one that runs other models than the config's is refused."""
+    from tests_support import TEST_POOL
+
+    from actors.runtime import pool_session
+
+    cfg = zoo_config.model_copy(update={"pool": zoo_config.pool.model_copy(update={"name": TEST_POOL})})
+    with pool_session(cfg) as (pool, ids):
+        assert pool._actor_id == zoo_pool._actor_id
+    assert ray_local.get(zoo_pool.model_ids.remote()) == ids  # still serving
+    fewer = cfg.model_copy(update={"zoo": cfg.zoo.model_copy(update={"models": cfg.zoo.models[:2]})})
+    with pytest.raises(ValueError, match="the given pool runs"), pool_session(fewer):
+        pass
+
+
+def test_colocated_models_share_one_server_process_per_replica(zoo_config, ray_local):
+    """`pool.colocate` with 2 replicas: replica r of every hf model lives in server r (2 processes for the
+    whole zoo, not one per model and replica), and each model answers as it does alone; without it, every
+    model and replica has a process of its own."""
+    from core.prompts import format_prompt
+
+    models = [m.name for m in zoo_config.zoo.models]
+    prompt, params = format_prompt("what is one plus two"), SamplingParams(max_new_tokens=4)
+    alone = {m: make_backend("hf", m, {"path": str(zoo_config.zoo_dir / m)}).generate([prompt], params)[0].text
+             for m in models}
+    for colocate, processes in ((True, 2), (False, 2 * len(models))):
+        cfg = zoo_config.model_copy(update={"pool": zoo_config.pool.model_copy(update={
+            "colocate": colocate, "replicas": 2})})
+        pool = start_pool(cfg)
+        try:
+            outs = ray_local.get([pool.generate.remote(m, [prompt], params) for m in models for _ in range(2)])
+            stats = ray_local.get(pool.server_stats.remote())
+        finally:
+            ray_local.kill(pool)
+        assert [o.text for [o] in outs] == [alone[m] for m in models for _ in range(2)]
+        pids = {m: [s["pid"] for s in stats[m]] for m in models}
+        assert len({p for ps in pids.values() for p in ps}) == processes, pids
+        if colocate:  # replica r of every model in the same process
+            assert all(ps == pids[models[0]] for ps in pids.values()), pids

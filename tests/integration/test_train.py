@@ -1,7 +1,7 @@
 """Training on Ray: label search + SFT, GRPO steps with 2 rollout workers and a real DeepSpeed engine per
 policy on CPU; checkpoint -> resume (also across SIGKILLs of the driver), weight sync, worker restarts."""
 import pytest
-from tests_support import SMALL, drive
+from tests_support import SMALL, TEST_POOL, drive
 
 from benchmarks.tasks import build_world
 
@@ -323,7 +323,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_step_for_step(sft_con
     kill_after = [1, 4]  # right after the second skipped step (a checkpoint follows it); right after step 4
     history = Path(cfg.run_dir) / "train" / "history.jsonl"
     args = [sys.executable, "-m", "pipelines.train", "--config", "configs/test.yaml", "--set", f"run_dir={run_dir}",
-            "--set", f"seed={sft_config.seed}", "--set", f"zoo.dir={sft_config.zoo_dir}", *(x for k, v in settings.items() for x in ("--set", f"{k}={v}"))]
+            "--set", f"seed={sft_config.seed}", "--set", f"zoo.dir={sft_config.zoo_dir}", "--set", f"pool.name={TEST_POOL}",
+            *(x for k, v in settings.items() for x in ("--set", f"{k}={v}"))]
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
 
     def steps_logged() -> list[int]:
