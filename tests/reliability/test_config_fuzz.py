@@ -23,7 +23,7 @@ CONFIGS = ["tiny.yaml", "paper.yaml"]
 # fields whose domain is their whole type: any value of the type is valid, so no value is out of range
 # (tasks.enabled names registered tasks; that registry lives above the config's floor and is checked
 # when the world is built)
-FREE = {"seed", "serve.host", "wandb.project", "zoo.models.*.price.paper_model", "pool.use_zoo",
+FREE = {"seed", "serve.host", "wandb.project", "zoo.models.*.price.paper_model", "pool.use_zoo", "pool.colocate",
         "pool.models.*.path", "pool.models.*.url", "pool.models.*.remote_model", "pool.models.*.api_key_env",
         "pool.models.*.chat", "plan.gpu", "train.init", "train.init_decomposer", "train.init_allocator",
         "tasks.enabled", "pool.models.*.price.paper_model"}
