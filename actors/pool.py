@@ -167,22 +167,17 @@ ModelPool = ray.remote(max_restarts=1, max_task_retries=1)(ModelPoolImpl)
 SHARED_NAMESPACE = "r2r-pools"  # where pools named by `pool.name` live, so that every job finds them
 
 
-def shared_pool(name: str):
-    """The running pool named `name` (`pool.name`) on this cluster, or None."""
-    try:
-        return ray.get_actor(name, namespace=SHARED_NAMESPACE)
-    except ValueError:
-        return None
-
-
-def start_pool(cfg: Config, name: str | None = None, namespace: str | None = None):
+def start_pool(cfg: Config, name: str | None = None, shared: bool = False):
     """Create the pool actor for `cfg` and wait until its models are loaded; returns the handle. Named, an
-    actor of that name already running (in `namespace`, default the job's) is returned instead, once it is
-    checked to run this config's models."""
-    models = [m.model_dump() for m in pool_models(cfg)]
+    actor of that name already running (in the job's namespace) is returned instead, once it is checked to
+    run this config's models. `shared` (`pool.name`): in the namespace every job sees, and detached: it
+    outlives the job that started it, for the jobs that join it, until it is killed or the cluster stops."""
+    models = [m.model_dump() for m in pool_models(cfg)]  # checked to exist first
     opts = {**cfg.pool.dispatcher.options(), "max_concurrency": 1000}
     if name:
-        opts.update(name=name, get_if_exists=True, namespace=namespace)
+        opts.update(name=name, get_if_exists=True)
+        if shared:
+            opts.update(namespace=SHARED_NAMESPACE, lifetime="detached")
     pool = ModelPool.options(**opts).remote(
         models, cfg.pool.replicas, cfg.pool.batch_window_ms, cfg.pool.max_batch, cfg.pool.server.options(),
         cfg.pool.colocate)
@@ -193,4 +188,4 @@ def start_pool(cfg: Config, name: str | None = None, namespace: str | None = Non
     return pool
 
 
-__all__ = ["SHARED_NAMESPACE", "ModelPool", "ModelPoolImpl", "pool_models", "shared_pool", "start_pool"]
+__all__ = ["SHARED_NAMESPACE", "ModelPool", "ModelPoolImpl", "pool_models", "start_pool"]

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import ray
 
-from actors.pool import SHARED_NAMESPACE, pool_models, shared_pool, start_pool
+from actors.pool import pool_models, start_pool
 from actors.vllm_server import launched_servers
 from core.config import Config
 
@@ -34,10 +34,11 @@ def pool_session(cfg: Config, pool=None) -> Iterator[tuple[object, list[str]]]:
     """Ray up, the config's pool started and loaded (after the vLLM servers of `openai` models with a
     `launch` section: `actors.vllm_server`): yields (pool handle, model ids cheapest first); the pool, its
     servers and launched servers go on exit. `pool`: one already running for this config's models (e.g. one
-    shared by several runs), used as it is and left running; so is the running pool named `pool.name`."""
+    shared by several runs), used as it is and left running. `pool.name`: the running pool of that name is
+    joined, else started under it (`start_pool(shared=True)`); either way it is left running."""
     if pool is None and cfg.pool.name:
         init_ray()
-        pool = shared_pool(cfg.pool.name)
+        pool = start_pool(cfg, cfg.pool.name, shared=True)  # the running pool of that name, else a new one
     if pool is not None:
         ids = ray.get(pool.model_ids.remote())
         wanted = sorted(m.id for m in pool_models(cfg))
@@ -47,7 +48,7 @@ def pool_session(cfg: Config, pool=None) -> Iterator[tuple[object, list[str]]]:
         return
     init_ray()
     with launched_servers(pool_models(cfg), cfg.run_path / "logs"):  # openai models with `launch`
-        pool = start_pool(cfg, cfg.pool.name, SHARED_NAMESPACE)
+        pool = start_pool(cfg)
         try:
             yield pool, ray.get(pool.model_ids.remote())
         finally:

@@ -267,8 +267,8 @@ class PoolModelConfig(Strict):
 
 class PoolConfig(Strict):
     use_zoo: bool = True  # add every zoo model (hf backend) to the pool
-    # a pool shared by several jobs on one cluster: a job joins the running pool of this name (and leaves it
-    # running), else starts it under this name (it lives as long as that job)
+    # a pool shared by several jobs on one cluster: a job joins the running pool of this name, else starts it
+    # under this name; either way it keeps running after the job (until killed, or the cluster stops)
     name: str | None = Field(None, min_length=1)
     models: list[PoolModelConfig] = []
     replicas: int = Field(1, ge=1)  # default replicas per model
@@ -279,6 +279,13 @@ class PoolConfig(Strict):
     # torch import and one process for all of them, which is what a CPU pool of tiny models wants
     colocate: bool = False
     dispatcher: ActorResources = ActorResources(num_cpus=0)  # the ModelPool actor
+
+    @model_validator(mode="after")
+    def _shared(self) -> PoolConfig:
+        if self.name and any(m.launch for m in self.models):
+            raise ValueError("name: a shared pool outlives the job, a server the job launches (models[].launch) "
+                             "does not; start that server yourself and give its url")
+        return self
 
 
 class ReasonConfig(Strict):

@@ -62,9 +62,9 @@ def zoo_pool(zoo_config, ray_local):
     that fault, time or count a pool start their own."""
     from tests_support import TEST_POOL
 
-    from actors.pool import SHARED_NAMESPACE, start_pool
+    from actors.pool import start_pool
 
-    pool = start_pool(zoo_config, TEST_POOL, SHARED_NAMESPACE)
+    pool = start_pool(zoo_config, TEST_POOL, shared=True)
     yield pool
     ray_local.kill(pool)
 

@@ -5,8 +5,10 @@ Every single-fact question of the test world is asked once of every pool model (
 real sampler (`PolicyRouter`, temperature 1), turns rewards (correct - lam * cost / cost_ref) into group
 advantages and updates the SFT allocator in the real DeepSpeed `Learner`, publishing weights back to the
 sampler every step. Two arms of three seeds each: GRPO, and the same runs at learning rate 0 (one learner
-per arm, reset to its SFT-start checkpoint before each run: weights, optimizer, RNG). The greedy test reward is measured on 200 questions training never samples; GRPO must beat lr 0 by more than twice
-the largest spread within an arm."""
+per arm, reset to its SFT-start checkpoint before each run: weights, optimizer, RNG). The greedy test
+reward is measured on 200 questions training never samples, paired by question: GRPO must beat lr 0 on
+every seed, and its gain averaged over the seeds must stand above the noise of the 200 questions (the
+lower end of its paired 95% interval over the questions above 0)."""
 import random
 
 import pytest
@@ -43,9 +45,9 @@ def rewards(correct, cost, rows, tiers, lam):
     return correct[rows, tiers] - lam * cost[rows, tiers] / cost_ref
 
 
-def run_arm(cfg, bandit, learner, start: str, seed: int) -> float:
-    """Train the allocator for STEPS GRPO steps from the learner's checkpoint `start`; the greedy test
-    reward afterwards."""
+def run_arm(cfg, bandit, learner, start: str, seed: int) -> torch.Tensor:
+    """Train the allocator for STEPS GRPO steps from the learner's checkpoint `start`; the greedy reward
+    of each test question afterwards."""
     import ray
 
     from core.types import TrainItem
@@ -72,11 +74,12 @@ def run_arm(cfg, bandit, learner, start: str, seed: int) -> float:
             sampler.allocator.model.load_state_dict(ray.get(state))
     sampler.temperature = 0.0  # greedy, as deployed
     decisions = sampler.allocate([hops[r].query for r in test], [hops[r] for r in test], len(ids))
-    return float(rewards(correct, cost, test, torch.tensor([d.tier for d in decisions]), lam).mean())
+    return rewards(correct, cost, test, torch.tensor([d.tier for d in decisions]), lam)
 
 
-def run_seeds(cfg, bandit, lr: float, tmp_path) -> list[float]:
-    """The greedy test reward of each seed's run, all on one learner at `lr` reset between runs."""
+def run_seeds(cfg, bandit, lr: float, tmp_path) -> torch.Tensor:
+    """The greedy test rewards [seed, question] of each seed's run, all on one learner at `lr` reset
+    between runs."""
     import ray
 
     from actors.learner import Learner
@@ -87,15 +90,36 @@ def run_seeds(cfg, bandit, lr: float, tmp_path) -> list[float]:
     start = str(tmp_path / f"start-lr{lr}")
     try:
         ray.get(learner.save_checkpoint.remote(start))
-        return [run_arm(cfg, bandit, learner, start, seed) for seed in SEEDS]
+        return torch.stack([run_arm(cfg, bandit, learner, start, seed) for seed in SEEDS])
     finally:
         ray.kill(learner)
+
+
+def paired_gain(grpo: torch.Tensor, base: torch.Tensor) -> tuple[list[float], float, float]:
+    """Each seed's mean gain, and the seed-averaged gain with the lower end of its 95% interval over the
+    questions (normal approximation of the paired differences' mean; the questions are the sample)."""
+    diff = grpo - base  # [seed, question]: the same questions in every run
+    per_question = diff.mean(0)
+    gain = float(per_question.mean())
+    return diff.mean(1).tolist(), gain, gain - 1.96 * float(per_question.std()) / len(per_question) ** 0.5
+
+
+def test_the_gain_must_stand_above_the_question_noise():
+    """The bar on made-up rewards: no gain fails it; a gain on every seed that 200 questions swinging by
+    +-1 cannot tell from noise (interval half-width 0.14) fails it; a clear one passes."""
+    base = torch.zeros(len(SEEDS), N_TEST)
+    swing = torch.tensor([1.0, -1.0]).repeat(N_TEST // 2).expand(len(SEEDS), -1)
+    assert paired_gain(base, base) == ([0.0] * len(SEEDS), 0.0, 0.0)
+    seeds, _, lo = paired_gain(base + swing + 0.05, base)
+    assert min(seeds) > 0 > lo
+    seeds, _, lo = paired_gain(base + swing + 0.2, base)
+    assert min(seeds) > 0 and lo > 0
 
 
 def test_grpo_beats_the_same_runs_at_learning_rate_zero(sft_config, bandit, tmp_path):
     cfg = sft_config.model_copy(update={"train": sft_config.train.model_copy(update={"temperature": 1.0})})
     arms = {lr: run_seeds(cfg, bandit, lr, tmp_path) for lr in (cfg.train.grpo_lr, 0.0)}
-    spread = max(max(r) - min(r) for r in arms.values())
-    gain = sum(arms[cfg.train.grpo_lr]) / len(SEEDS) - sum(arms[0.0]) / len(SEEDS)
-    print(f"greedy test reward: GRPO {arms[cfg.train.grpo_lr]}, lr 0 {arms[0.0]}; gain {gain:.4f}, spread {spread:.4f}")
-    assert gain > 2 * spread and gain > 0, arms
+    seeds, gain, lo = paired_gain(arms[cfg.train.grpo_lr], arms[0.0])
+    print(f"greedy test reward: GRPO {arms[cfg.train.grpo_lr].mean(1).tolist()}, lr 0 {arms[0.0].mean(1).tolist()}; "
+          f"gain per seed {seeds}, mean {gain:.4f}, 95% lower end {lo:.4f}")
+    assert min(seeds) > 0 and lo > 0, (seeds, gain, lo)

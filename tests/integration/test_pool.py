@@ -1,6 +1,7 @@
 """A Ray pool of zoo models under concurrent load: micro-batched answers equal each model's own
 unbatched greedy answers, and the ledger equals the sum of per-call costs."""
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -71,11 +72,17 @@ def test_unknown_model_is_a_clear_error(pool, ray_local):
         ray_local.get(pool.generate.remote("nope", ["x ="], SamplingParams()))
 
 
-def test_a_named_pool_is_joined_and_left_running(zoo_config, zoo_pool, ray_local):
+def test_a_named_pool_is_joined_and_outlives_the_job_that_started_it(zoo_config, zoo_pool, ray_local, tmp_path):
     """`pool.name`: a stage joins the running pool of that name (the suite's own is named `TEST_POOL`) and
-    leaves it running; one that runs other models than the config's is refused."""
+    leaves it running; one that runs other models than the config's is refused; a pool that a job started
+    under a new name still serves after that job has ended."""
+    import os
+    import subprocess
+    import sys
+
     from tests_support import TEST_POOL
 
+    from actors.pool import SHARED_NAMESPACE
     from actors.runtime import pool_session
 
     cfg = zoo_config.model_copy(update={"pool": zoo_config.pool.model_copy(update={"name": TEST_POOL})})
@@ -83,8 +90,21 @@ def test_a_named_pool_is_joined_and_left_running(zoo_config, zoo_pool, ray_local
         assert pool._actor_id == zoo_pool._actor_id
     assert ray_local.get(zoo_pool.model_ids.remote()) == ids  # still serving
     fewer = cfg.model_copy(update={"zoo": cfg.zoo.model_copy(update={"models": cfg.zoo.models[:2]})})
-    with pytest.raises(ValueError, match="the given pool runs"), pool_session(fewer):
+    with pytest.raises(RuntimeError, match="already runs other models"), pool_session(fewer):
         pass
+
+    job = ("from core.config import load_config; from actors.runtime import pool_session\n"
+           f"cfg = load_config('configs/test.yaml', ['zoo.dir={zoo_config.zoo_dir}', 'pool.name=another'])\n"
+           "with pool_session(cfg) as (_, ids): print(ids)")
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    done = subprocess.run([sys.executable, "-c", job], cwd=Path(__file__).resolve().parents[2], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    other = ray_local.get_actor("another", namespace=SHARED_NAMESPACE)
+    try:
+        assert ray_local.get(other.model_ids.remote()) == ids and other._actor_id != zoo_pool._actor_id
+    finally:
+        ray_local.kill(other)
 
 
 def test_colocated_models_share_one_server_process_per_replica(zoo_config, ray_local):
