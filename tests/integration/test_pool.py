@@ -108,17 +108,18 @@ def test_a_named_pool_is_joined_and_outlives_the_job_that_started_it(zoo_config,
 
 
 def test_colocated_models_share_one_server_process_per_replica(zoo_config, ray_local):
-    """`pool.colocate` with 2 replicas: replica r of every hf model lives in server r (2 processes for the
-    whole zoo, not one per model and replica), and each model answers as it does alone; without it, every
+    """`pool.colocate` with 2 replicas of two zoo models: replica r of every hf model lives in server r (2
+    processes, not one per model and replica), and each model answers as it does alone; without it, every
     model and replica has a process of its own."""
     from core.prompts import format_prompt
 
-    models = [m.name for m in zoo_config.zoo.models]
+    zoo = zoo_config.zoo.model_copy(update={"models": zoo_config.zoo.models[:2]})
+    models = [m.name for m in zoo.models]
     prompt, params = format_prompt("what is one plus two"), SamplingParams(max_new_tokens=4)
     alone = {m: make_backend("hf", m, {"path": str(zoo_config.zoo_dir / m)}).generate([prompt], params)[0].text
              for m in models}
     for colocate, processes in ((True, 2), (False, 2 * len(models))):
-        cfg = zoo_config.model_copy(update={"pool": zoo_config.pool.model_copy(update={
+        cfg = zoo_config.model_copy(update={"zoo": zoo, "pool": zoo_config.pool.model_copy(update={
             "colocate": colocate, "replicas": 2})})
         pool = start_pool(cfg)
         try:
