@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import queue
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -45,7 +46,7 @@ def run_zoo(cfg: Config, out=None) -> dict:
                     m = pending.pop(0)
                     running[m.name] = ctx.Process(target=train_worker, args=(cfg_json, m.name, events), daemon=True)
                     running[m.name].start()
-                kind, name, *rest = events.get()
+                kind, name, *rest = next_event(events, running)
                 if kind == "start":
                     progress.update(bars[name], total=rest[0], status="training")
                 elif kind == "step":
@@ -66,6 +67,22 @@ def run_zoo(cfg: Config, out=None) -> dict:
                        for m in cfg.zoo.models]}
     (cfg.zoo_dir / CARD).write_text(json.dumps(card, indent=2))
     return card
+
+
+def next_event(events, running: dict) -> tuple:
+    """The next event of the training processes in `running` (name -> process); one that ended without
+    reporting (killed, or out of memory) becomes an error event instead of a wait without end."""
+    while True:
+        try:
+            return events.get(timeout=1.0)
+        except queue.Empty:
+            dead = [name for name, proc in running.items() if proc.exitcode is not None]
+            if dead:
+                try:
+                    return events.get(timeout=1.0)  # what it sent just before it ended
+                except queue.Empty:
+                    return ("error", dead[0], f"its process ended (exit code {running[dead[0]].exitcode}) "
+                                              "without a result")
 
 
 def card_table(card: dict):

@@ -99,3 +99,18 @@ def test_token_stream_is_deterministic_and_masks_prompts(zoo_config):
             assert row[first - 1] == sep  # the loss starts right after the separator
             answer = [x for x in lab if x != -100]
             assert answer[-1] == tok.eos_token_id and tok.unk_token_id not in answer
+
+
+@pytest.mark.timeout(60)
+def test_a_training_process_that_dies_silently_is_an_error_not_a_hang():
+    import multiprocessing as mp
+    import os
+
+    from pipelines.zoo import next_event
+
+    ctx = mp.get_context("spawn")
+    events = ctx.Queue()
+    proc = ctx.Process(target=os._exit, args=(9,), daemon=True)
+    proc.start()
+    kind, name, why = next_event(events, {"t-x": proc})
+    assert (kind, name) == ("error", "t-x") and "exit code 9" in why
