@@ -61,29 +61,28 @@ class ModelPoolImpl:
         self.specs = {specs[i].id: specs[i] for i in order}
         self.replicas: dict[str, list] = {s.id: [] for s in self.specs.values()}
         self.inflight: dict[str, list[int]] = {}
-        # one server per replica; with `colocate`, replica r of every hf model shares server r's process
-        shared: dict[int, list[tuple[str, str, dict]]] = {}
-        own: list[tuple[PoolModelConfig, tuple[str, str, dict]]] = []
+        self.batch_window_ms, self.max_batch = batch_window_ms, max_batch
+        self.servers: list = []
+        opts = {**(server_options or {"num_cpus": 0.25}), "max_concurrency": 1000}
+        colocated: dict[int, list[tuple[str, str, dict]]] = {}  # replica r of every small hf model: server r
         for s in self.specs.values():
             n = s.replicas or replicas
-            spec = (s.id, s.backend, s.model_dump(exclude={"price", "python", "fallback"}))
             self.inflight[s.id] = [0] * n
+            spec = (s.id, s.backend, s.model_dump(exclude={"price", "python", "fallback"}))
             for r in range(n):
                 if colocate and s.backend == "hf" and not s.python:
-                    shared.setdefault(r, []).append(spec)
-                else:
-                    own.append((s, spec))
-        opts = {**(server_options or {"num_cpus": 0.25}), "max_concurrency": 1000}
-        groups = [(opts, models) for models in shared.values()]
-        for s, spec in own:  # a server's own interpreter, e.g. a venv with vllm
-            groups.append(({**opts, "runtime_env": {"py_executable": s.python}} if s.python else opts, [spec]))
-        self.servers = []
-        for o, models in groups:
-            server = ModelServer.options(**o).remote(models, batch_window_ms, max_batch)
-            self.servers.append(server)
-            for model_id, _, _ in models:
-                self.replicas[model_id].append(server)
+                    colocated.setdefault(r, []).append(spec)
+                else:  # a server of its own, in its own interpreter if it names one (e.g. a venv with vllm)
+                    self._serve([spec], {**opts, "runtime_env": {"py_executable": s.python}} if s.python else opts)
+        for models in colocated.values():
+            self._serve(models, opts)
         self.ledger = CostLedger()
+
+    def _serve(self, models: list[tuple[str, str, dict]], opts: dict) -> None:
+        server = ModelServer.options(**opts).remote(models, self.batch_window_ms, self.max_batch)
+        self.servers.append(server)
+        for model_id, _, _ in models:
+            self.replicas[model_id].append(server)
 
     async def ready(self) -> list[str]:
         """Wait until every server has loaded its model; returns the model ids, cheapest first."""
