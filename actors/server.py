@@ -1,5 +1,6 @@
-"""`ModelServer`: an async Ray actor holding one pool model, or several small ones. A backend that batches continuously (vLLM)
-gets every call straight away; for the others the server micro-batches concurrent requests."""
+"""`ModelServer`: an async Ray actor holding one pool model, or several small ones. A backend that batches
+continuously (vLLM) gets every call straight away; for the others the server micro-batches concurrent
+requests."""
 from __future__ import annotations
 
 import asyncio
